@@ -1,0 +1,118 @@
+"""Loading and saving model checkpoints (Hugging Face directory layout).
+
+A checkpoint directory holds ``config.json`` and either ``model.safetensors`` or a sharded
+``model.safetensors.index.json``. Official Lumos-1 configs (Chameleon) and our own
+(``"lumos_format": 1``) are both understood; keys ``model.vqmodel.*`` are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lumos.errors import LumosError
+from lumos.model.config import ROPE_TYPES, LumosConfig
+from lumos.model.rope import slot_axes
+
+IGNORED_PREFIXES = ("model.vqmodel.",)
+
+
+def read_config(path: str | os.PathLike) -> LumosConfig:
+    path = Path(path)
+    if not path.is_dir():
+        raise LumosError(f"checkpoint directory {path} does not exist")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise LumosError(f"{path} has no config.json; is it a Lumos checkpoint directory?")
+    try:
+        data = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LumosError(f"{cfg_file} is not valid JSON ({err})") from None
+    return LumosConfig.from_dict(data)
+
+
+def weight_files(path: Path) -> list[Path]:
+    single = path / "model.safetensors"
+    index = path / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError):
+            raise LumosError(f"{index} is not a valid safetensors index") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise LumosError(f"{path} lacks weight shards {missing} listed in {index.name}")
+        return [path / s for s in shards]
+    raise LumosError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(path):
+        try:
+            tensors = load_file(file)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise LumosError(
+                f"cannot read weights {file}: {err} (corrupt or truncated file?)"
+            ) from None
+        state.update({k: v for k, v in tensors.items() if not k.startswith(IGNORED_PREFIXES)})
+    return state
+
+
+def load_model(path, dtype: torch.dtype | None = None, device="cpu"):
+    """Load a LumosModel from a checkpoint directory; mismatches are one-line errors."""
+    from lumos.model.transformer import LumosModel
+
+    path = Path(path)
+    cfg = read_config(path)
+    state = read_state_dict(path)
+    with torch.device("meta"):
+        model = LumosModel(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        raise LumosError(f"checkpoint {path} does not match its config: " + "; ".join(parts))
+    for k, shape in expected.items():
+        if state[k].shape != shape:
+            raise LumosError(
+                f"checkpoint {path}: {k} has shape {tuple(state[k].shape)}, config implies "
+                f"{tuple(shape)}"
+            )
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    # Non-persistent buffers are not in the state dict: rebuild them off the meta device.
+    model.rope_axes = slot_axes(cfg.head_dim, ROPE_TYPES[cfg.rope_type][0])
+    return model.to(device).eval()
+
+
+def save_model(model, path) -> None:
+    """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
