@@ -1,0 +1,170 @@
+"""The visual tokenizer interface (SPEC section 8) and loading a tokenizer from a directory.
+
+A visual tokenizer maps RGB video to a grid of discrete tokens and back:
+
+* ``encode(video)``: float RGB in [-1, 1], shape [B, 3, T, H, W] with ``T = 1 + tc*k``
+  RGB frames (tc = temporal compression, 4 for video tokenizers; T = 1 is an image) and
+  H, W multiples of the spatial compression sc (8) -> int64 indices [B, t, h, w] with
+  ``t = 1 + k`` latent frames, ``h = H/sc``, ``w = W/sc`` latent tokens.
+* ``decode(indices)``: int indices [B, t, h, w] -> float RGB [B, 3, 1 + tc*(t-1), sc*h, sc*w]
+  in [-1, 1].
+
+Latent frame 0 covers RGB frame 0 alone; latent frame j >= 1 covers RGB frames
+``tc*(j-1)+1 .. tc*j``. Two formats are recognised on disk: our own
+(``config.json`` + ``model.safetensors``, see :mod:`lumos.tokenizers.causal_video`) and an
+NVIDIA Cosmos discrete tokenizer directory (``encoder.jit`` + ``decoder.jit``, see
+:mod:`lumos.tokenizers.cosmos`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lumos.errors import LumosError
+
+DEFAULT_VISUAL_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / (
+    "assets/default/visual_tokenizer"
+)
+
+# Values this far outside [-1, 1] are rejected by encode (tolerates float rounding).
+_RANGE_TOLERANCE = 1e-3
+
+
+class VisualTokenizer(nn.Module):
+    """Base class: validates inputs, subclasses implement ``_encode`` and ``_decode``.
+
+    Subclasses set ``codebook_size``, ``temporal_compression`` and ``spatial_compression``.
+    """
+
+    codebook_size: int
+    temporal_compression: int
+    spatial_compression: int
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) latent tokens for a clip of ``frames`` x ``height`` x ``width`` pixels."""
+        self._check_pixel_shape(frames, height, width)
+        tc, sc = self.temporal_compression, self.spatial_compression
+        return 1 + (frames - 1) // tc, height // sc, width // sc
+
+    def pixel_shape(self, t: int, h: int, w: int) -> tuple[int, int, int]:
+        """(T, H, W) RGB frames and pixels decoded from a t x h x w latent grid."""
+        tc, sc = self.temporal_compression, self.spatial_compression
+        return 1 + tc * (t - 1), sc * h, sc * w
+
+    def _check_pixel_shape(self, frames: int, height: int, width: int) -> None:
+        tc, sc = self.temporal_compression, self.spatial_compression
+        if frames < 1 or (frames - 1) % tc:
+            allowed = f"T = 1 + {tc}k (1, {1 + tc}, {1 + 2 * tc}, ...)" if tc > 1 else "T >= 1"
+            raise LumosError(
+                f"the visual tokenizer needs {allowed} RGB frames; got T={frames} (trim the clip)"
+            )
+        if height < sc or width < sc or height % sc or width % sc:
+            raise LumosError(
+                f"the visual tokenizer needs height and width that are positive multiples of "
+                f"{sc}; got {height}x{width} (H x W); resize or crop the frames"
+            )
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """RGB video [B, 3, T, H, W] in [-1, 1] -> int64 indices [B, t, h, w]."""
+        if not isinstance(video, torch.Tensor) or not video.is_floating_point():
+            kind = video.dtype if isinstance(video, torch.Tensor) else type(video).__name__
+            raise LumosError(
+                f"encode expects a float tensor in [-1, 1]; got {kind} "
+                "(convert uint8 frames with lumos.tokenizers.visual.frames_to_video)"
+            )
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise LumosError(
+                f"encode expects RGB video of shape [B, 3, T, H, W]; got {list(video.shape)}"
+            )
+        self._check_pixel_shape(*video.shape[2:])
+        lo, hi = video.amin().item(), video.amax().item()
+        if not (lo >= -1 - _RANGE_TOLERANCE and hi <= 1 + _RANGE_TOLERANCE):
+            raise LumosError(
+                f"encode expects values in [-1, 1]; got min {lo:.4g}, max {hi:.4g} "
+                "(map uint8 x with x / 127.5 - 1)"
+            )
+        indices = self._encode(video.clamp(-1, 1))
+        return indices.to(torch.int64)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Int indices [B, t, h, w] -> float RGB video [B, 3, 1 + tc(t-1), sc*h, sc*w] in [-1, 1]."""
+        if (
+            not isinstance(indices, torch.Tensor)
+            or indices.is_floating_point()
+            or (indices.dtype in (torch.bool, torch.complex64, torch.complex128))
+        ):
+            kind = indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__
+            raise LumosError(f"decode expects an integer tensor of token indices; got {kind}")
+        if indices.ndim != 4 or min(indices.shape) < 1:
+            raise LumosError(
+                f"decode expects indices of shape [B, t, h, w] (all >= 1); "
+                f"got {list(indices.shape)}"
+            )
+        lo, hi = indices.min().item(), indices.max().item()
+        if lo < 0 or hi >= self.codebook_size:
+            raise LumosError(
+                f"decode expects indices in [0, {self.codebook_size}); got min {lo}, max {hi} "
+                "(were these tokens produced by a different tokenizer?)"
+            )
+        return self._decode(indices.to(torch.int64)).clamp(-1, 1)
+
+    def _encode(self, video: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode(self, indices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def frames_to_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 RGB frames [T, H, W, 3] (or a batch [B, T, H, W, 3]) -> float [(B,) 3, T, H, W]
+    in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(frames))
+    if x.dtype != torch.uint8 or x.ndim not in (4, 5) or x.shape[-1] != 3:
+        raise LumosError(
+            f"expected uint8 RGB frames of shape [T, H, W, 3] or [B, T, H, W, 3]; "
+            f"got {x.dtype} {list(x.shape)}"
+        )
+    x = x.movedim(-1, -4).float()
+    return x / 127.5 - 1
+
+
+def video_to_frames(video: torch.Tensor) -> np.ndarray:
+    """Float video [(B,) 3, T, H, W] in [-1, 1] -> uint8 RGB frames [(B,) T, H, W, 3]."""
+    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-4, -1).cpu().numpy()
+
+
+def load_visual_tokenizer(
+    path: str | Path, allow_torchscript: bool = False, device: str | torch.device = "cpu"
+) -> VisualTokenizer:
+    """Load a tokenizer directory: ours (config.json + model.safetensors) or Cosmos
+    (encoder.jit + decoder.jit; runs TorchScript, so ``allow_torchscript`` must be True)."""
+    path = Path(path)
+    if not path.exists():
+        raise LumosError(f"visual tokenizer directory {path} does not exist")
+    if not path.is_dir():
+        raise LumosError(
+            f"{path} is a file; pass the directory holding the tokenizer "
+            "(config.json + model.safetensors, or Cosmos encoder.jit + decoder.jit)"
+        )
+    if (path / "config.json").exists() or (path / "model.safetensors").exists():
+        from lumos.tokenizers.causal_video import CausalVideoTokenizer
+
+        tokenizer: VisualTokenizer = CausalVideoTokenizer.from_pretrained(path)
+    elif (path / "encoder.jit").exists() or (path / "decoder.jit").exists():
+        from lumos.tokenizers.cosmos import CosmosTokenizer
+
+        tokenizer = CosmosTokenizer(path, allow_torchscript=allow_torchscript)
+    else:
+        raise LumosError(
+            f"{path} is not a visual tokenizer directory: expected config.json + "
+            "model.safetensors (lumos train-tokenizer) or encoder.jit + decoder.jit "
+            "(NVIDIA Cosmos-Tokenizer-DV4x8x8)"
+        )
+    return tokenizer.to(device).eval()
