@@ -1,14 +1,17 @@
+import argparse
+import csv
 import json
 import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+import lumos.cli.text_tokenizer as text_tokenizer_cli
 from lumos.errors import LumosError
+from lumos.sequence.layout import prompt_text
 from lumos.tokenizers.text import (
     NUM_INT_TOKENS,
     SPECIAL_TOKENS,
@@ -83,14 +86,14 @@ def test_deterministic(tmp_path):
     train_text_tokenizer(captions(0), vocab_size=600, path=again)
     assert again.read_text() == first.read_text()
     # a fresh process (different hash seeds) writes the same file
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps(captions(0)))
     code = (
-        "import sys; sys.path.insert(0, sys.argv[2]);"
-        "from test_text_tokenizer import captions;"
-        "from lumos.tokenizers.text import train_text_tokenizer;"
-        "train_text_tokenizer(captions(0), 600, sys.argv[1])"
+        "import json, sys; from lumos.tokenizers.text import train_text_tokenizer;"
+        "train_text_tokenizer(json.load(open(sys.argv[1])), 600, sys.argv[2])"
     )
     subprocess.run(
-        [sys.executable, "-c", code, str(other), str(Path(__file__).parent)],
+        [sys.executable, "-c", code, str(corpus), str(other)],
         check=True,
         env={**os.environ, "PYTHONHASHSEED": "7"},
     )
@@ -136,3 +139,42 @@ def test_errors(tmp_path):
         train_text_tokenizer(captions(0), vocab_size=300)
     with pytest.raises(LumosError, match="empty"):
         train_text_tokenizer(["", "  "], vocab_size=1000)
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    text_tokenizer_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-text-tokenizer", *argv])
+    return args.func(args)
+
+
+def test_cli_train_text_tokenizer(tmp_path, capsys):
+    texts = captions(4, n=60)
+    (tmp_path / "a.txt").write_text("\n".join(texts[:20]) + "\n\n")
+    (tmp_path / "b.jsonl").write_text(
+        "\n".join(
+            json.dumps({"path": f"{i}.mp4", "caption": t}) for i, t in enumerate(texts[20:40])
+        )
+    )
+    with (tmp_path / "c.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "caption"])
+        writer.writerows([f"{i}.mp4", t] for i, t in enumerate(texts[40:]))
+    inputs = [str(tmp_path / n) for n in ("a.txt", "b.jsonl", "c.csv")]
+    out = tmp_path / "tok"
+    out.mkdir()
+    assert run_cli(*inputs, "--world", "30", "--vocab-size", "900", "--out", str(out)) == 0
+    assert "from 90 texts" in capsys.readouterr().out
+    tok = TextTokenizer.from_file(out)
+    assert tok.token_to_id("<int_7>") == 17
+    prompt = prompt_text(texts[0], 448, 256, 12, 2)
+    assert tok.decode(tok.encode(prompt)) == prompt
+    assert len(tok.encode(prompt)) < len(prompt.encode()) / 3  # the template words are merged
+
+    (tmp_path / "bad.jsonl").write_text('{"caption": "ok"}\n{"path": "x.mp4"}\n')
+    with pytest.raises(LumosError, match="bad.jsonl:2"):
+        run_cli(str(tmp_path / "bad.jsonl"), "--out", str(out))
+    with pytest.raises(LumosError, match="no captions"):
+        run_cli("--out", str(out))
+    with pytest.raises(LumosError, match="unsupported"):
+        run_cli(str(out / "tokenizer.json"), "--out", str(out))
