@@ -1,0 +1,144 @@
+"""Frame-causal training attention split per frame, without a dense L x L mask (SPEC 5).
+
+``allowed(q, k) = k <= q or (q, k in the same frame span)`` means a query inside frame span
+``[a, b)`` sees exactly the keys ``[0, b)``, and a query outside every frame sees ``[0, q]``.
+So a training sequence splits into runs of equal ``TokenStructure.frame``: a frame run is one
+unmasked attention call over its prefix, a run outside frames (text, SEP, VSTART, VEND, padding)
+is causal. Samples with identical runs are batched together.
+
+:class:`FrameSplitMask` carries that plan through the unchanged model: it is passed where the
+dense boolean mask would go (``LumosModel.hidden(ids, positions, mask)``), and the model hands it
+to ``F.scaled_dot_product_attention``, which this tensor subclass intercepts through
+``__torch_function__`` and replaces with the per-run calls. It survives activation checkpointing
+(the recomputation receives the same argument) and FSDP2 (it is not a floating-point tensor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lumos.sequence.structure import TokenStructure
+
+PAD_RUN = -2  # frame value given to padding so it never joins a real run
+
+
+@dataclass(frozen=True)
+class Run:
+    """Queries ``[start, stop)``; keys ``[0, stop)``; ``causal``: key j only for j <= query."""
+
+    start: int
+    stop: int
+    causal: bool
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Samples (batch rows) that share one list of runs."""
+
+    rows: tuple[int, ...]
+    runs: tuple[Run, ...]
+
+
+def plan_runs(s: TokenStructure, valid: torch.Tensor | None = None) -> tuple[RunGroup, ...]:
+    """Group the batch by run lists. ``valid`` [B, L] must be right padding (a prefix of 1s)."""
+    frame = s.frame
+    B, L = frame.shape
+    if valid is not None:
+        lengths = valid.sum(1)
+        if not bool((valid == (torch.arange(L, device=valid.device) < lengths[:, None])).all()):
+            raise ValueError("split-per-frame attention needs right padding")
+        frame = torch.where(valid, frame, PAD_RUN)
+    change = torch.ones(B, L, dtype=torch.bool, device=frame.device)
+    change[:, 1:] = frame[:, 1:] != frame[:, :-1]
+    starts = change.nonzero().tolist()  # one Python entry per run, not per token
+    run_frames = frame[change].tolist()
+    per_row: list[list[tuple[int, int]]] = [[] for _ in range(B)]
+    for (b, start), f in zip(starts, run_frames, strict=True):
+        per_row[b].append((start, f))
+    groups: dict[tuple[Run, ...], list[int]] = {}
+    for b, row in enumerate(per_row):
+        bounds = [start for start, _ in row] + [L]
+        runs = tuple(
+            Run(start, stop, f < 0) for (start, f), stop in zip(row, bounds[1:], strict=True)
+        )
+        groups.setdefault(runs, []).append(b)
+    return tuple(RunGroup(tuple(rows), runs) for runs, rows in groups.items())
+
+
+def split_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: tuple[RunGroup, ...],
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """Frame-causal attention of ``q`` [B, H, L, D] over ``k``/``v`` [B, H_kv, L, D] by runs."""
+    B = q.shape[0]
+    outputs, order = [], []
+    for group in groups:
+        rows = None if len(group.rows) == B else torch.tensor(group.rows, device=q.device)
+        qg, kg, vg = (x if rows is None else x.index_select(0, rows) for x in (q, k, v))
+        parts = []
+        for run in group.runs:
+            qr, kr, vr = qg[:, :, run.start : run.stop], kg[:, :, : run.stop], vg[:, :, : run.stop]
+            if not run.causal:
+                out = F.scaled_dot_product_attention(qr, kr, vr, enable_gqa=enable_gqa)
+            elif run.start == 0:
+                out = F.scaled_dot_product_attention(
+                    qr, kr, vr, is_causal=True, enable_gqa=enable_gqa
+                )
+            else:
+                keys = torch.arange(run.stop, device=q.device)
+                queries = torch.arange(run.start, run.stop, device=q.device)
+                mask = keys[None, :] <= queries[:, None]
+                out = F.scaled_dot_product_attention(
+                    qr, kr, vr, attn_mask=mask, enable_gqa=enable_gqa
+                )
+            parts.append(out)
+        outputs.append(torch.cat(parts, dim=2))
+        order.extend(group.rows)
+    out = torch.cat(outputs, dim=0)
+    if order == list(range(B)):
+        return out
+    inverse = torch.empty(B, dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(B)
+    return out.index_select(0, inverse.to(q.device))
+
+
+class FrameSplitMask(torch.Tensor):
+    """A stand-in for the dense frame-causal mask that makes the model attend per frame run.
+
+    Holds no mask data (an empty bool tensor); ``F.scaled_dot_product_attention(q, k, v,
+    attn_mask=this)`` is rerouted to :func:`split_attention`. Only valid for full-sequence
+    training forwards (no KV cache).
+    """
+
+    groups: tuple[RunGroup, ...]
+
+    @staticmethod
+    def __new__(cls, s: TokenStructure, valid: torch.Tensor | None = None) -> FrameSplitMask:
+        mask = torch.Tensor._make_subclass(
+            cls, torch.empty(0, dtype=torch.bool, device=s.frame.device)
+        )
+        mask.groups = plan_runs(s, valid)
+        return mask
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is F.scaled_dot_product_attention:
+            mask = kwargs.pop("attn_mask", None)
+            q, k, v = args[:3]
+            if (
+                not isinstance(mask, FrameSplitMask)
+                or len(args) > 3
+                or set(kwargs) - {"enable_gqa"}
+            ):
+                raise TypeError("FrameSplitMask must be passed as attn_mask= with q, k, v only")
+            if k.shape[2] != q.shape[2]:
+                raise ValueError("FrameSplitMask needs a full-sequence forward (no KV cache)")
+            return split_attention(q, k, v, mask.groups, kwargs.get("enable_gqa", False))
+        return super().__torch_function__(func, types, args, kwargs)

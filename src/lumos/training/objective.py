@@ -1,0 +1,284 @@
+"""The AR-DF training objective (SPEC 6): masking, collation and the visual-slice loss.
+
+A training sample is a 1-D token sequence from :func:`lumos.sequence.layout.build_sequence`.
+:func:`collate` drops the text of some samples (classifier-free guidance), right-pads the batch,
+and corrupts visual content (visual ids and the NEWLINE column) with MASK:
+
+* ``tube`` (AR-DF): per sample one ratio ``p`` and one random set of ``round(p * L)`` positions
+  over a frame's content grid (``L = h * (w + 1)``), the same set in every latent frame;
+* ``random``: one ratio per sample, a fresh random set of ``round(p * L)`` positions in every
+  frame (positions independent across frames);
+* ``diffusion_forcing``: an independent ratio and set per latent frame.
+
+The loss is cross-entropy over the visual slice of the vocabulary at masked positions whose
+target is a visual token (a masked NEWLINE is corrupted but not scored), averaged over all such
+positions. Logits are only formed for those positions, chunk by chunk, by
+:func:`visual_cross_entropy`, whose memory is bounded by the chunk size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lumos.errors import LumosError
+from lumos.model.transformer import LumosModel
+from lumos.sequence.structure import TokenStructure, token_structure
+from lumos.sequence.vocab import Vocabulary
+from lumos.training.attention import FrameSplitMask
+
+# Mask-ratio schedules: u ~ U[0, 1) -> masking ratio p (before the min_rate clamp).
+SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "cosine": lambda u: torch.cos(math.pi / 2 * u),
+    "linear": lambda u: 1 - u,
+    "arccos": lambda u: torch.arccos(u) / (math.pi / 2),
+    "square": lambda u: 1 - u**2,
+}
+MASKING_TYPES = ("tube", "random", "diffusion_forcing")
+ATTENTION_MODES = ("split", "dense")
+
+
+@dataclass
+class MaskingConfig:
+    """Corruption of training samples. ``text_drop``: probability of dropping the text."""
+
+    type: str = "tube"
+    schedule: str = "cosine"
+    min_rate: float = 0.7
+    text_drop: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.type not in MASKING_TYPES:
+            raise LumosError(f"masking type {self.type!r} unknown; choose one of {MASKING_TYPES}")
+        if self.schedule not in SCHEDULES:
+            raise LumosError(
+                f"mask schedule {self.schedule!r} unknown; choose one of {list(SCHEDULES)}"
+            )
+        if not 0.0 <= self.min_rate <= 1.0:
+            raise LumosError(f"min masking rate must be in [0, 1], got {self.min_rate}")
+        if not 0.0 <= self.text_drop <= 1.0:
+            raise LumosError(f"text drop rate must be in [0, 1], got {self.text_drop}")
+
+
+def mask_rate(u: torch.Tensor, schedule: str = "cosine", min_rate: float = 0.7) -> torch.Tensor:
+    """Masking ratio ``max(schedule(u), min_rate)`` for ``u`` in [0, 1)."""
+    return SCHEDULES[schedule](u).clamp(min=min_rate, max=1.0)
+
+
+def drop_text(seq: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """The unconditional sample: everything before VSTART removed (positions restart at 0)."""
+    starts = (seq == vocab.video_start).nonzero()
+    if len(starts) == 0:
+        raise LumosError(
+            "a training sequence has no video-start token; build it with build_sequence"
+        )
+    return seq[int(starts[0, 0]) :]
+
+
+@dataclass
+class Batch:
+    """A collated training batch, all [B, L]: ``input_ids`` corrupted ids, ``attention_mask``
+    1 = token / 0 = right padding, ``targets`` clean ids (structure and labels), ``loss_mask``
+    positions scored by the loss."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def sample_masks(
+    s: TokenStructure, masking: MaskingConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Which content positions to corrupt, bool [B, L] (see the module docstring); CPU tensors."""
+    B = s.frame.shape[0]
+    # Content grid of each sample: L_b = h*(w+1) tokens of frame 0, grid index row*(w+1)+col.
+    width = torch.where(s.content, s.col, -1).max(1).values + 1  # w + 1 (0 without content)
+    grid_len = (s.content & (s.frame == 0)).sum(1)
+    grid = s.row * width[:, None] + s.col
+    num_frames = max(int(s.frame.max()) + 1, 1)
+    num_grid = max(int(grid_len.max()), 1)
+
+    per_frame = masking.type == "diffusion_forcing"
+    u = torch.rand(B, num_frames if per_frame else 1, generator=generator, dtype=torch.float64)
+    p = mask_rate(u, masking.schedule, masking.min_rate)
+    count = torch.round(p * grid_len[:, None]).long()  # [B, 1 or F]
+    scores = torch.rand(
+        B, 1 if masking.type == "tube" else num_frames, num_grid, generator=generator
+    )
+    outside = torch.arange(num_grid)[None, None, :] >= grid_len[:, None, None]
+    scores = scores.masked_fill(outside, 2.0)  # beyond the grid: ranked last, never chosen
+    rank = scores.argsort(-1).argsort(-1)
+    chosen = (rank < count[:, :, None]).expand(B, num_frames, num_grid)
+    flat = s.frame.clamp(min=0) * num_grid + grid.clamp(0, num_grid - 1)
+    return s.content & chosen.reshape(B, -1).gather(1, flat)
+
+
+def collate(
+    sequences: Sequence[torch.Tensor],
+    vocab: Vocabulary,
+    masking: MaskingConfig,
+    generator: torch.Generator,
+) -> Batch:
+    """Text drop, right padding with ``vocab.pad`` and corruption of a list of 1-D sequences.
+
+    Random draws, in order: text-drop coins [B], ratios, position scores (all from ``generator``,
+    on the CPU).
+    """
+    if not sequences:
+        raise LumosError("cannot collate an empty batch")
+    drop = torch.rand(len(sequences), generator=generator) < masking.text_drop
+    seqs = [drop_text(x, vocab) if d else x for x, d in zip(sequences, drop.tolist(), strict=True)]
+    lengths = torch.tensor([len(x) for x in seqs])
+    ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=vocab.pad)
+    valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+    s = token_structure(ids, vocab, valid)
+    masked = sample_masks(s, masking, generator)
+    return Batch(
+        input_ids=torch.where(masked, vocab.mask, ids),
+        attention_mask=valid.long(),
+        targets=ids,
+        loss_mask=masked & vocab.is_visual(ids),
+    )
+
+
+# ---------------------------------------------------------------------------------- loss
+
+
+class _VisualCrossEntropy(torch.autograd.Function):
+    """Summed CE of ``h`` [N, d] against ``weight`` [V, d] rows; gradients are formed chunk by
+    chunk during the forward pass, so at most one [chunk, V] logits block exists at a time."""
+
+    @staticmethod
+    def forward(ctx, h, weight, target, chunk_size):
+        device_type = h.device.type
+        dtype = (
+            torch.get_autocast_dtype(device_type)
+            if torch.is_autocast_enabled(device_type)
+            else torch.promote_types(h.dtype, weight.dtype)
+        )
+        with torch.autocast(device_type, enabled=False):
+            hc, w = h.to(dtype), weight.to(dtype)
+            losses = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+            grad_h = torch.empty_like(hc)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+            for start in range(0, h.shape[0], chunk_size):
+                stop = min(start + chunk_size, h.shape[0])
+                logits = (hc[start:stop] @ w.T).float()
+                lse = logits.logsumexp(-1)
+                t = target[start:stop]
+                losses[start:stop] = lse - logits.gather(1, t[:, None]).squeeze(1)
+                probs = (logits - lse[:, None]).exp_()
+                probs[torch.arange(stop - start, device=h.device), t] -= 1.0
+                probs = probs.to(dtype)
+                grad_h[start:stop] = probs @ w
+                grad_w += (probs.T @ hc[start:stop]).float()
+        ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(weight.dtype))
+        ctx.mark_non_differentiable(losses)
+        return losses.sum(), losses
+
+    @staticmethod
+    def backward(ctx, grad_sum, grad_losses):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_sum, grad_w * grad_sum, None, None
+
+
+def visual_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk_size: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of hidden states ``h`` [N, d] under logits ``h @ weight.T`` ([V, d] rows,
+    the visual slice of the head), targets ``target`` [N] in ``[0, V)``.
+
+    Returns (sum over N, differentiable; per-position losses [N], fp32, detached). Peak extra
+    memory is one [chunk_size, V] fp32 logits block plus, when training, fp32 gradients of
+    ``h`` and ``weight``.
+    """
+    if chunk_size < 1:
+        raise LumosError(f"loss chunk size must be >= 1, got {chunk_size}")
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _VisualCrossEntropy.apply(h, weight, target, chunk_size)
+    losses = h.new_zeros(h.shape[0], dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk_size):
+        stop = min(start + chunk_size, h.shape[0])
+        logits = (h[start:stop] @ weight.T.to(h.dtype)).float()
+        losses[start:stop] = F.cross_entropy(logits, target[start:stop], reduction="none")
+    return losses.sum(), losses
+
+
+@dataclass
+class LossOutput:
+    """``loss_sum`` (differentiable) over ``count`` scored positions; ``frame_loss_sum`` and
+    ``frame_count`` [F] split them by latent frame (detached, fp32)."""
+
+    loss_sum: torch.Tensor
+    count: int
+    frame_loss_sum: torch.Tensor
+    frame_count: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """Mean loss over the scored positions (0 when there are none)."""
+        return self.loss_sum / max(self.count, 1)
+
+
+class ARDFObjective(nn.Module):
+    """The model plus its loss, as one module for DDP/FSDP wrapping (their hooks run on
+    ``forward``). ``attention``: ``split`` (per-frame runs) or ``dense`` (boolean mask)."""
+
+    def __init__(self, model: LumosModel, chunk_size: int = 4096, attention: str = "split"):
+        super().__init__()
+        if attention not in ATTENTION_MODES:
+            raise LumosError(f"attention {attention!r} unknown; choose one of {ATTENTION_MODES}")
+        self.model, self.chunk_size, self.attention = model, chunk_size, attention
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        targets: torch.Tensor,
+        loss_mask: torch.Tensor,
+    ) -> LossOutput:
+        model = self.model
+        valid = attention_mask.bool()
+        positions, s = model.positions(targets, valid)  # structure of the clean sequence
+        if self.attention == "split":
+            mask = FrameSplitMask(s, valid)
+        else:
+            mask = model.attention_mask(s, valid)
+        h, _ = model.hidden(input_ids, positions, mask)
+        start, stop = model.vocab.visual_range
+        loss_sum, losses = visual_cross_entropy(
+            h[loss_mask],
+            model.lm_head.weight[start:stop],
+            targets[loss_mask] - start,
+            self.chunk_size,
+        )
+        frames = s.frame[loss_mask]
+        num_frames = max(int(s.frame.max()) + 1, 1)
+        frame_loss = torch.zeros(num_frames, device=h.device).index_add_(0, frames, losses)
+        frame_count = torch.bincount(frames, minlength=num_frames).float()
+        return LossOutput(loss_sum, int(losses.numel()), frame_loss, frame_count)
+
+
+def ardf_loss(
+    model: LumosModel, batch: Batch, chunk_size: int = 4096, attention: str = "split"
+) -> LossOutput:
+    """The AR-DF loss of ``batch`` (on the model's device); ``.loss`` is the batch mean."""
+    objective = ARDFObjective(model, chunk_size, attention)
+    return objective(batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask)
