@@ -161,8 +161,7 @@ def test_cli_train_text_tokenizer(tmp_path, capsys):
         writer.writerow(["path", "caption"])
         writer.writerows([f"{i}.mp4", t] for i, t in enumerate(texts[40:]))
     inputs = [str(tmp_path / n) for n in ("a.txt", "b.jsonl", "c.csv")]
-    out = tmp_path / "tok"
-    out.mkdir()
+    out = tmp_path / "new_dir"  # created
     assert run_cli(*inputs, "--world", "30", "--vocab-size", "900", "--out", str(out)) == 0
     assert "from 90 texts" in capsys.readouterr().out
     tok = TextTokenizer.from_file(out)

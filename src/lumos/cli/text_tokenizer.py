@@ -12,7 +12,7 @@ from pathlib import Path
 from lumos.data.world import caption, sample_scene
 from lumos.errors import LumosError
 from lumos.sequence.layout import prompt_text
-from lumos.tokenizers.text import train_text_tokenizer
+from lumos.tokenizers.text import tokenizer_file, train_text_tokenizer
 
 # (W, H) pixels and (fps, seconds) used to wrap captions in the prompt template while training.
 PROMPT_SIZES = [(64, 64), (128, 128), (448, 256), (256, 448), (320, 320), (672, 384), (768, 480)]
@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "result is deterministic for the same inputs.",
     )
     p.add_argument("inputs", nargs="*", type=Path, help="caption files (.txt, .jsonl, .csv)")
-    p.add_argument("--out", type=Path, required=True, help="tokenizer.json path or directory")
+    p.add_argument(
+        "--out", type=Path, required=True, help="a .json file, or a directory for tokenizer.json"
+    )
     p.add_argument("--vocab-size", type=int, default=8192, help="ids in total (default 8192)")
     p.add_argument("--world", type=int, default=0, metavar="N", help="add N world captions")
     p.add_argument("--field", default="caption", help="caption field of .jsonl/.csv inputs")
@@ -46,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.raw:
         texts = wrap_in_prompts(texts)
     tok = train_text_tokenizer(texts, args.vocab_size, args.out)
-    out = args.out / "tokenizer.json" if args.out.is_dir() else args.out
-    print(f"wrote {out}: {tok.vocab_size} ids from {len(texts)} texts")
+    print(f"wrote {tokenizer_file(args.out)}: {tok.vocab_size} ids from {len(texts)} texts")
     return 0
 
 

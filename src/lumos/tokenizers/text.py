@@ -46,6 +46,14 @@ SPECIAL_TOKENS: list[str] = [
 _BYTE_ALPHABET = 256  # byte-level BPE starts from one token per byte
 
 
+def tokenizer_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is an existing file or ends in ``.json``, else ``path/tokenizer.json``."""
+    p = Path(path)
+    if p.is_file() or (p.suffix.lower() == ".json" and not p.is_dir()):
+        return p
+    return p / "tokenizer.json"
+
+
 class TextTokenizer:
     """A loaded ``tokenizers.Tokenizer`` with a plain-text encode/decode interface."""
 
@@ -57,10 +65,8 @@ class TextTokenizer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TextTokenizer:
-        """Load a ``tokenizer.json`` (a file, or a directory holding one)."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / "tokenizer.json"
+        """Load a tokenizer file (a ``.json`` path, or a directory holding ``tokenizer.json``)."""
+        p = tokenizer_file(path)
         if not p.is_file():
             raise LumosError(f"{p}: no such text tokenizer file (expected a tokenizer.json)")
         try:
@@ -104,10 +110,8 @@ class TextTokenizer:
         return self._tok.id_to_token(token_id)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``tokenizer.json`` atomically (a directory path gets ``tokenizer.json`` inside)."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / "tokenizer.json"
+        """Write atomically to :func:`tokenizer_file` ``(path)``; directories are created."""
+        p = tokenizer_file(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
@@ -125,7 +129,7 @@ def train_text_tokenizer(
 
     ``vocab_size`` counts everything (special tokens, the 256 byte tokens and merges); a small
     corpus may end with fewer ids. Deterministic: the same texts give the same file.
-    ``path`` (a file or directory) is where ``tokenizer.json`` is written; None skips saving.
+    ``path`` is where it is saved (see :meth:`TextTokenizer.save`); None skips saving.
     """
     minimum = len(SPECIAL_TOKENS) + _BYTE_ALPHABET
     if vocab_size < minimum:
