@@ -3,6 +3,12 @@ import torch
 from torch import nn
 
 from lumos.errors import LumosError
+from lumos.tokenizers.causal_video import (
+    CausalVideoTokenizer,
+    CausalVideoTokenizerConfig,
+    patchify,
+    unpatchify,
+)
 from lumos.tokenizers.cosmos import CosmosTokenizer
 from lumos.tokenizers.visual import (
     frames_to_video,
@@ -164,3 +170,113 @@ def test_frames_video_round_trip():
     assert (video_to_frames(video) == frames).all()
     with pytest.raises(LumosError, match="uint8"):
         frames_to_video(frames.astype("float32"))
+
+
+# ----------------------------------------------------------------------------- our model
+
+
+def tiny_config(**kw) -> CausalVideoTokenizerConfig:
+    defaults = dict(levels=[5, 4, 3], channels=[16, 32], encoder_blocks=1, decoder_blocks=1)
+    return CausalVideoTokenizerConfig(**(defaults | kw))
+
+
+@pytest.mark.parametrize("b,t,h,w", [(2, 9, 24, 40), (3, 1, 16, 8), (1, 5, 32, 16)])
+def test_causal_video_shapes(b, t, h, w):
+    torch.manual_seed(0)
+    tok = CausalVideoTokenizer(tiny_config()).eval()
+    assert (tok.codebook_size, tok.temporal_compression, tok.spatial_compression) == (60, 4, 8)
+    video = random_video(b, t, h, w)
+    idx = tok.encode(video)
+    assert idx.dtype == torch.int64 and idx.shape == (b, 1 + (t - 1) // 4, h // 8, w // 8)
+    assert idx.min() >= 0 and idx.max() < 60
+    out = tok.decode(idx)
+    assert out.shape == video.shape and out.min() >= -1 and out.max() <= 1
+    # the training path gives the same reconstruction as decode(encode(x)) (before clamping)
+    with torch.no_grad():
+        assert torch.allclose(tok(video).clamp(-1, 1), out, atol=1e-5)
+    # batch elements are independent
+    assert torch.equal(tok.encode(video[-1:]), idx[-1:])
+
+
+def test_encoder_is_causal():
+    torch.manual_seed(0)
+    tok = CausalVideoTokenizer(tiny_config()).eval()
+    video = random_video(2, 13, 16, 24)
+    with torch.no_grad():
+        base = tok.quantize(video)
+        for k in range(1, 13):  # RGB frame k lies in latent frame ceil(k / 4)
+            changed = video.clone()
+            changed[:, :, k] = torch.rand_like(changed[:, :, k]) * 2 - 1
+            codes = tok.quantize(changed)
+            first = -(-k // 4)
+            assert torch.equal(codes[:, :, :first], base[:, :, :first]), k
+            z0 = tok.encoder(patchify(video, 4, 4))
+            z1 = tok.encoder(patchify(changed, 4, 4))
+            assert not torch.allclose(z1[:, :, first], z0[:, :, first]), k
+
+
+def test_first_frame_is_encoded_alone():
+    torch.manual_seed(0)
+    tok = CausalVideoTokenizer(tiny_config()).eval()
+    video = random_video(2, 9, 16, 16)
+    assert torch.equal(tok.encode(video)[:, :1], tok.encode(video[:, :, :1]))
+
+
+def test_decoder_is_causal():
+    torch.manual_seed(0)
+    tok = CausalVideoTokenizer(tiny_config()).eval()
+    idx = torch.randint(0, 60, (2, 4, 3, 2))
+    base = tok.decode(idx)
+    for j in range(1, 4):
+        changed = idx.clone()
+        changed[:, j] = (changed[:, j] + 1 + torch.randint(0, 58, changed[:, j].shape)) % 60
+        out = tok.decode(changed)
+        keep = 1 + 4 * (j - 1)  # RGB frames of latent frames < j
+        assert torch.equal(out[:, :, :keep], base[:, :, :keep]), j
+        assert not torch.allclose(out[:, :, keep:], base[:, :, keep:]), j
+
+
+def test_image_only_tokenizer():
+    tok = CausalVideoTokenizer(tiny_config(temporal_compression=1)).eval()
+    video = random_video(2, 3, 16, 8)
+    idx = tok.encode(video)
+    assert idx.shape == (2, 3, 2, 1)
+    assert tok.decode(idx).shape == video.shape
+
+
+def test_patchify_round_trip():
+    video = random_video(2, 9, 16, 24)
+    x = patchify(video, 4, 4)
+    assert x.shape == (2, 3 * 4 * 16, 3, 4, 6)
+    assert torch.equal(unpatchify(x, 4, 4), video)
+
+
+def test_save_and_load_pretrained(tmp_path):
+    torch.manual_seed(0)
+    tok = CausalVideoTokenizer(tiny_config()).eval()
+    tok.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_visual_tokenizer(tmp_path)
+    assert isinstance(loaded, CausalVideoTokenizer) and loaded.config == tok.config
+    video = random_video(2, 5, 16, 24)
+    assert torch.equal(loaded.encode(video), tok.encode(video))
+    # corrupt or mismatched files are user errors
+    (tmp_path / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(LumosError, match="cannot read"):
+        load_visual_tokenizer(tmp_path)
+    CausalVideoTokenizer(tiny_config(channels=[8, 16], norm_groups=4)).save_pretrained(
+        tmp_path / "other"
+    )
+    (tmp_path / "model.safetensors").write_bytes(
+        (tmp_path / "other" / "model.safetensors").read_bytes()
+    )
+    with pytest.raises(LumosError, match="does not match"):
+        load_visual_tokenizer(tmp_path)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(LumosError, match="cannot read"):
+        load_visual_tokenizer(tmp_path)
+
+
+def test_inconsistent_config_is_user_error():
+    with pytest.raises(LumosError, match="spatial_compression"):
+        CausalVideoTokenizerConfig(channels=[16, 32, 64], patch_size=4)

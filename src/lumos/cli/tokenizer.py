@@ -1,0 +1,183 @@
+"""``lumos train-tokenizer`` and ``lumos eval-tokenizer``: our causal video tokenizer on the
+procedural world."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from lumos.errors import LumosError
+from lumos.tokenizers.causal_video import CausalVideoTokenizerConfig
+from lumos.tokenizers.train_visual import TrainSettings, evaluate_tokenizer, train_tokenizer
+from lumos.tokenizers.visual import load_visual_tokenizer
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from err
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    d, c = TrainSettings(), CausalVideoTokenizerConfig()
+    p = subparsers.add_parser(
+        "train-tokenizer",
+        help="train the causal video tokenizer on the procedural world",
+        description="Train our causal FSQ video tokenizer on procedural-world clips. Writes "
+        "OUT/config.json + OUT/model.safetensors, checkpoints in OUT/checkpoint, a log in "
+        "OUT/train_log.jsonl.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--height", type=int, default=d.height, help="clip height in pixels")
+    p.add_argument("--width", type=int, default=d.width, help="clip width in pixels")
+    p.add_argument("--frames", type=int, default=d.frames, help="RGB frames per video clip")
+    p.add_argument(
+        "--image-fraction",
+        type=float,
+        default=d.image_fraction,
+        help="probability that a step trains on a batch of still images (T=1)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument(
+        "--levels",
+        type=_int_list,
+        default=c.levels,
+        help="FSQ levels, e.g. 8,8,8,5 (codebook size = product)",
+    )
+    p.add_argument(
+        "--channels",
+        type=_int_list,
+        default=c.channels,
+        help="widths per resolution stage; spatial compression = patch size * 2^(stages-1)",
+    )
+    p.add_argument("--patch-size", type=int, default=c.patch_size)
+    p.add_argument("--encoder-blocks", type=int, default=c.encoder_blocks)
+    p.add_argument("--decoder-blocks", type=int, default=c.decoder_blocks)
+    p.add_argument(
+        "--refine-channels",
+        type=int,
+        default=c.refine_channels,
+        help="width of the full-resolution refiner (0: none)",
+    )
+    p.add_argument("--refine-features", type=int, default=c.refine_features)
+    p.add_argument(
+        "--temporal-compression",
+        type=int,
+        default=c.temporal_compression,
+        help="4 for video tokenizers, 1 for image-only ones",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser(
+        "eval-tokenizer",
+        help="PSNR / SSIM / analyser accuracy of a visual tokenizer on world clips",
+        description="Encode and decode procedural-world clips and report PSNR, SSIM and the "
+        "analyser's attribute accuracy on the reconstructions (table + JSON).",
+    )
+    e.add_argument(
+        "path", type=Path, help="tokenizer directory (ours or Cosmos encoder.jit/decoder.jit)"
+    )
+    e.add_argument("--split", default="heldout", help="world split: train or heldout")
+    e.add_argument("--n", type=int, default=200, help="number of clips")
+    e.add_argument("--height", type=int, default=64)
+    e.add_argument("--width", type=int, default=64)
+    e.add_argument("--frames", type=int, default=9)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    e.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="allow loading TorchScript (Cosmos encoder.jit/decoder.jit), which runs code",
+    )
+    e.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    e.set_defaults(func=run_eval)
+
+
+def _set_threads(n: int) -> None:
+    if n < 1:
+        raise LumosError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    settings = TrainSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        height=args.height,
+        width=args.width,
+        frames=args.frames,
+        image_fraction=args.image_fraction,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+    )
+    config = CausalVideoTokenizerConfig(
+        levels=args.levels,
+        temporal_compression=args.temporal_compression,
+        spatial_compression=args.patch_size * 2 ** (len(args.channels) - 1),
+        patch_size=args.patch_size,
+        channels=args.channels,
+        encoder_blocks=args.encoder_blocks,
+        decoder_blocks=args.decoder_blocks,
+        refine_channels=args.refine_channels,
+        refine_features=args.refine_features,
+    )
+    train_tokenizer(args.out, settings, config, resume=args.resume)
+    print(f"saved tokenizer to {args.out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    tokenizer = load_visual_tokenizer(args.path, allow_torchscript=args.trust_torchscript)
+    result = evaluate_tokenizer(
+        tokenizer,
+        args.split,
+        args.n,
+        args.height,
+        args.width,
+        args.frames,
+        args.seed,
+        args.batch_size,
+    )
+    rows = [
+        ("PSNR (dB)", f"{result['psnr']:.2f}"),
+        ("PSNR min (dB)", f"{result['psnr_min']:.2f}"),
+        ("SSIM", f"{result['ssim']:.4f}"),
+        ("analyser accuracy, reconstructions", f"{result['analyser_accuracy']:.4f}"),
+        ("analyser all-correct, reconstructions", f"{result['analyser_all']:.4f}"),
+        ("analyser accuracy, originals", f"{result['analyser_accuracy_original']:.4f}"),
+        ("analyser all-correct, originals", f"{result['analyser_all_original']:.4f}"),
+    ]
+    rows += [
+        (f"  {k}: recon / original", f"{v:.3f} / {result['analyser_original'][k]:.3f}")
+        for k, v in result["analyser"].items()
+    ]
+    print(
+        f"{args.path}: {result['clips']} {result['split']} clips, {args.frames}x{args.height}x{args.width}"
+    )
+    for name, value in rows:
+        print(f"  {name:<40} {value:>14}")
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    return 0
