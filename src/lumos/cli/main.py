@@ -19,6 +19,7 @@ COMMANDS = [
     "info",
     "tokenizer",
     "text_tokenizer",
+    "tokenize",
 ]
 
 

@@ -1,0 +1,149 @@
+"""``lumos tokenize``: pre-tokenise a manifest or the procedural world into token shards."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lumos.data.buckets import PRESET_MAX_GRIDS, parse_size, resolution_buckets
+from lumos.data.pretokenize import (
+    DEFAULT_ENCODE_BATCH,
+    DEFAULT_SAMPLES_PER_SHARD,
+    ManifestSource,
+    WorldSource,
+    make_job,
+    pretokenize,
+)
+from lumos.errors import LumosError
+from lumos.tokenizers.visual import DEFAULT_VISUAL_TOKENIZER_DIR
+
+DEFAULT_TEXT_TOKENIZER = DEFAULT_VISUAL_TOKENIZER_DIR.parent / "text_tokenizer"
+MANIFEST_FPS, WORLD_FPS = 12, 4  # defaults: 25 frames = 2 s at 12 fps; 9 frames = 2 s at 4 fps
+MANIFEST_FRAMES, WORLD_FRAMES = 25, 9
+MAX_FAILURES_SHOWN = 10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "tokenize",
+        help="pre-tokenise videos/images (manifest) or the procedural world into token shards",
+        description="Encode every sample with the visual and text tokenizers into Parquet "
+        "shards plus OUT/index.json for training. Resumable (rerun the same command), "
+        "parallel (--workers), splittable across machines (--shard i/N). Unreadable inputs "
+        "are skipped and listed in OUT/summary.json.",
+    )
+    p.add_argument(
+        "manifest",
+        nargs="?",
+        type=Path,
+        help="CSV (header with path,caption[,id]) or JSONL manifest; relative paths are "
+        "resolved against its directory",
+    )
+    p.add_argument("--world", metavar="SPLIT", help="use the procedural world (train or heldout)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--count", type=int, help="world: number of samples")
+    p.add_argument("--height", type=int, default=64, help="world: frame height in pixels")
+    p.add_argument("--width", type=int, default=64, help="world: frame width in pixels")
+    p.add_argument("--image-fraction", type=float, default=0.0, help="world: share of images")
+    p.add_argument("--seed", type=int, default=0, help="world: seed")
+    p.add_argument(
+        "--frames",
+        type=int,
+        help=f"RGB frames per video, 1 + 4k (default {MANIFEST_FRAMES}; world {WORLD_FRAMES})",
+    )
+    p.add_argument(
+        "--fps",
+        type=int,
+        help=f"video frame rate; frames - 1 must be a multiple (default {MANIFEST_FPS}; world "
+        f"{WORLD_FPS})",
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", help="manifest: fixed size WxH in pixels or a preset (256p ...)")
+    size.add_argument(
+        "--buckets",
+        help="manifest: resolution buckets with the grid budget of a preset (256p, 384p, 480p) "
+        "or a number of 32x32 grids; each input gets the bucket closest in aspect (default 256p)",
+    )
+    p.add_argument(
+        "--visual-tokenizer",
+        type=Path,
+        default=DEFAULT_VISUAL_TOKENIZER_DIR,
+        help="visual tokenizer directory (default: the shipped one)",
+    )
+    p.add_argument(
+        "--text-tokenizer",
+        type=Path,
+        default=DEFAULT_TEXT_TOKENIZER,
+        help="tokenizer.json or its directory (default: the shipped one)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes, each owning whole shards")
+    p.add_argument("--shard", default="0/1", help="i/N: do the shards j with j %% N == i")
+    p.add_argument("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD)
+    p.add_argument(
+        "--encode-batch",
+        type=int,
+        default=DEFAULT_ENCODE_BATCH,
+        help="clips per visual-tokenizer call (part of the settings: keep it when resuming)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _part(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise LumosError(f"--shard {text!r}: use i/N, e.g. 0/4") from None
+    return i, n
+
+
+def _source(args: argparse.Namespace) -> tuple[WorldSource | ManifestSource, int]:
+    if (args.manifest is None) == (args.world is None):
+        raise LumosError("give either a manifest path or --world SPLIT")
+    if args.world is not None:
+        if args.count is None:
+            raise LumosError("--world needs --count N (number of samples)")
+        frames = args.frames or WORLD_FRAMES
+        world = WorldSource(
+            args.world, args.count, args.height, args.width, frames, args.image_fraction, args.seed
+        )
+        return world, args.fps or WORLD_FPS
+    frames, fps = args.frames or MANIFEST_FRAMES, args.fps or MANIFEST_FPS
+    if args.size:
+        return ManifestSource.open(args.manifest, frames, fps, size=parse_size(args.size)), fps
+    budget = args.buckets or "256p"
+    grids = PRESET_MAX_GRIDS.get(budget.lower()) or (int(budget) if budget.isdigit() else None)
+    if not grids:
+        raise LumosError(f"--buckets {budget!r}: use {', '.join(PRESET_MAX_GRIDS)} or a number")
+    return ManifestSource.open(args.manifest, frames, fps, buckets=resolution_buckets(grids)), fps
+
+
+def run(args: argparse.Namespace) -> int:
+    source, fps = _source(args)
+    job, toks = make_job(
+        source,
+        args.out,
+        args.visual_tokenizer,
+        args.text_tokenizer,
+        fps,
+        args.samples_per_shard,
+        args.encode_batch,
+    )
+    s = pretokenize(job, toks, args.workers, _part(args.shard), progress=not args.quiet)
+    rate = f" ({s['samples_per_second']:.1f} samples/s)" if s["samples_per_second"] else ""
+    print(
+        f"shards {s['part']}: {s['shards_tokenized']} tokenized, {s['shards_skipped']} already "
+        f"done, of {s['shards_total']} in total; {s['samples_tokenized']} inputs read in "
+        f"{s['seconds']:.1f} s{rate}"
+    )
+    print(f"{s['samples']} samples written, {s['failed']} inputs failed")
+    for f in s["failures"][:MAX_FAILURES_SHOWN]:
+        print(f"  failed: {f['key']}: {f['error']}")
+    if s["failed"] > MAX_FAILURES_SHOWN:
+        print(f"  ... {s['failed'] - MAX_FAILURES_SHOWN} more")
+    print(f"summary: {s['summary_path']}")
+    if s["index_written"]:
+        print(f"index: {job.out_dir / 'index.json'}")
+    else:
+        print("index not written yet: other shards are missing (run the other --shard parts)")
+    return 0
