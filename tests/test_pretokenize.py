@@ -27,8 +27,8 @@ from lumos.tokenizers.text import TextTokenizer, train_text_tokenizer
 from lumos.tokenizers.visual import frames_to_video, load_visual_tokenizer
 
 # 48 world samples in 8 shards of 6, non-square 32x64 (H x W) frames, 9 RGB frames at 4 fps.
-WORLD = dict(split="train", count=48, height=32, width=64, frames=9, image_fraction=0.3, seed=0)
-SETTINGS = dict(fps=4, samples_per_shard=6, encode_batch=4)
+WORLD = dict(split="train", count=48, height=32, width=64, frames=9, fps=4, image_fraction=0.3)
+SETTINGS = dict(samples_per_shard=6, encode_batch=4)
 CLI_WORLD = shlex.split(
     "--world train --count 48 --height 32 --width 64 --frames 9 --image-fraction 0.3 "
     "--fps 4 --samples-per-shard 6 --encode-batch 4 --quiet"
@@ -216,7 +216,7 @@ def test_jsonl_manifest_with_images_and_buckets(tokenizers, tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     source = ManifestSource.open(manifest, frames=9, fps=4, buckets=[(64, 64), (96, 64)])
-    job, toks = make_job(source, tmp_path / "out", *tokenizers, fps=4)
+    job, toks = make_job(source, tmp_path / "out", *tokenizers)
     summary = pretokenize(job, toks, progress=False)
     assert summary["samples"] == 2 and summary["failures"][0]["error"].endswith("empty caption")
     video, image = fmt.iter_samples(tmp_path / "out")
@@ -246,4 +246,4 @@ def test_jsonl_manifest_with_images_and_buckets(tokenizers, tmp_path):
 )
 def test_bad_settings(tokenizers, tmp_path, change, message):
     with pytest.raises(LumosError, match=message):
-        make_job(WorldSource(**WORLD | change), tmp_path, *tokenizers, **SETTINGS | {"fps": 8})
+        make_job(WorldSource(**WORLD | change | {"fps": 8}), tmp_path, *tokenizers, **SETTINGS)

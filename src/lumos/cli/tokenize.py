@@ -97,35 +97,41 @@ def _part(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _source(args: argparse.Namespace) -> tuple[WorldSource | ManifestSource, int]:
+def _source(args: argparse.Namespace) -> WorldSource | ManifestSource:
     if (args.manifest is None) == (args.world is None):
         raise LumosError("give either a manifest path or --world SPLIT")
     if args.world is not None:
         if args.count is None:
             raise LumosError("--world needs --count N (number of samples)")
         frames = args.frames or WORLD_FRAMES
-        world = WorldSource(
-            args.world, args.count, args.height, args.width, frames, args.image_fraction, args.seed
+        fps = args.fps or WORLD_FPS
+        return WorldSource(
+            args.world,
+            args.count,
+            args.height,
+            args.width,
+            frames,
+            fps,
+            args.image_fraction,
+            args.seed,
         )
-        return world, args.fps or WORLD_FPS
     frames, fps = args.frames or MANIFEST_FRAMES, args.fps or MANIFEST_FPS
     if args.size:
-        return ManifestSource.open(args.manifest, frames, fps, size=parse_size(args.size)), fps
+        return ManifestSource.open(args.manifest, frames, fps, size=parse_size(args.size))
     budget = args.buckets or "256p"
     grids = PRESET_MAX_GRIDS.get(budget.lower()) or (int(budget) if budget.isdigit() else None)
     if not grids:
         raise LumosError(f"--buckets {budget!r}: use {', '.join(PRESET_MAX_GRIDS)} or a number")
-    return ManifestSource.open(args.manifest, frames, fps, buckets=resolution_buckets(grids)), fps
+    return ManifestSource.open(args.manifest, frames, fps, buckets=resolution_buckets(grids))
 
 
 def run(args: argparse.Namespace) -> int:
-    source, fps = _source(args)
+    source = _source(args)
     job, toks = make_job(
         source,
         args.out,
         args.visual_tokenizer,
         args.text_tokenizer,
-        fps,
         args.samples_per_shard,
         args.encode_batch,
     )

@@ -75,13 +75,15 @@ class RawSample:
 
 @dataclass(frozen=True)
 class WorldSource:
-    """The first ``count`` samples of a procedural world split (frames in RGB, sizes in pixels)."""
+    """The first ``count`` samples of a procedural world split: videos of ``frames`` RGB frames
+    labelled ``fps`` frames per second in the prompt and header, sizes in pixels."""
 
     split: str
     count: int
     height: int = 64
     width: int = 64
     frames: int = 9
+    fps: int = 4
     image_fraction: float = 0.0
     seed: int = 0
 
@@ -92,22 +94,19 @@ class WorldSource:
         return {"type": "world", **asdict(self)}
 
     def load(self, i: int) -> RawSample:
-        world = _world(self)
+        world = ProceduralWorld(
+            self.split,
+            self.height,
+            self.width,
+            self.frames,
+            self.seed,
+            self.image_fraction,
+            self.count,
+        )
         sample = world[i]
         kind = "image" if sample.frames.shape[0] == 1 else "video"
         video = frames_to_video(sample.frames)
         return RawSample(_safe_key(self, i), kind, video, sample.caption, f"world:{self.split}")
-
-
-_WORLDS: dict[WorldSource, ProceduralWorld] = {}
-
-
-def _world(src: WorldSource) -> ProceduralWorld:
-    if src not in _WORLDS:
-        _WORLDS[src] = ProceduralWorld(
-            src.split, src.height, src.width, src.frames, src.seed, src.image_fraction, src.count
-        )
-    return _WORLDS[src]
 
 
 @dataclass(frozen=True)
@@ -216,14 +215,12 @@ def read_manifest(path: Path) -> list[ManifestEntry]:
 
 @dataclass
 class TokenizeJob:
-    """Everything a worker needs to tokenise shards; ``fps`` is the video frame rate written in
-    the sequence header (images use 1 fps, 1 s)."""
+    """Everything a worker needs to tokenise shards."""
 
     source: WorldSource | ManifestSource
     out_dir: Path
     visual_tokenizer: Path
     text_tokenizer: Path
-    fps: int
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
     encode_batch: int = DEFAULT_ENCODE_BATCH
     identities: dict = field(default_factory=dict)
@@ -250,7 +247,6 @@ class TokenizeJob:
             "format": fmt.FORMAT,
             "version": fmt.VERSION,
             "source": self.source.describe(),
-            "fps": self.fps,
             "samples_per_shard": self.samples_per_shard,
             "encode_batch": self.encode_batch,
             "visual_tokenizer_sha256": self.identities["visual_tokenizer"]["sha256"],
@@ -293,7 +289,6 @@ def make_job(
     out_dir: str | os.PathLike,
     visual_tokenizer: str | os.PathLike,
     text_tokenizer: str | os.PathLike,
-    fps: int,
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
     encode_batch: int = DEFAULT_ENCODE_BATCH,
 ) -> tuple[TokenizeJob, Tokenizers]:
@@ -304,7 +299,7 @@ def make_job(
         raise LumosError("--samples-per-shard and --encode-batch must be >= 1")
     visual_path, text_path = Path(visual_tokenizer), Path(text_tokenizer)
     toks = load_tokenizers(visual_path, text_path)
-    frames = source.frames
+    frames, fps = source.frames, source.fps
     tc = toks.visual.temporal_compression
     if frames < 2 or (frames - 1) % tc:
         raise LumosError(
@@ -316,10 +311,11 @@ def make_job(
             f"--frames {frames} at --fps {fps} is not a whole number of seconds: the prompt "
             f"says fps * duration frames, so frames - 1 must be a multiple of fps"
         )
-    sizes = [source.size] if isinstance(source, ManifestSource) else [(source.width, source.height)]
-    if isinstance(source, ManifestSource) and source.buckets is not None:
-        sizes = source.buckets
-    for w, h in sizes or []:
+    if isinstance(source, ManifestSource):
+        sizes = source.buckets or [source.size]
+    else:
+        sizes = [(source.width, source.height)]
+    for w, h in sizes:
         if w % GRID or h % GRID:
             raise LumosError(
                 f"size {w}x{h} (W x H): width and height must be multiples of {GRID} pixels "
@@ -330,7 +326,6 @@ def make_job(
         Path(out_dir),
         visual_path,
         text_path,
-        fps,
         samples_per_shard,
         encode_batch,
         identities={
@@ -370,13 +365,13 @@ def tokenize_shard(
         for i in chunk:
             try:
                 raw = job.source.load(i)
-                loaded[i] = (raw, toks.text.encode(_prompt(raw, job.fps)))
+                loaded[i] = (raw, toks.text.encode(_prompt(raw, job.source.fps)))
             except Exception as err:  # any unreadable input is skipped, never fatal
                 key = _safe_key(job.source, i)
                 failures.append({"index": i, "key": key, "error": _one_line(err)})
         codes = _encode_grouped(toks.visual, {i: r.video for i, (r, _) in loaded.items()})
         for i, (raw, text_ids) in loaded.items():
-            fps, duration = _timing(raw, job.fps)
+            fps, duration = _timing(raw, job.source.fps)
             t, h, w = codes[i].shape
             sc = toks.visual.spatial_compression
             samples.append(
@@ -606,7 +601,6 @@ def _write_index(job: TokenizeJob, toks: Tokenizers, metas: list[dict]) -> None:
         **job.identities,
         "source": job.source.describe() | _location(job.source),
         "settings": {
-            "fps": job.fps,
             "samples_per_shard": job.samples_per_shard,
             "encode_batch": job.encode_batch,
         },
