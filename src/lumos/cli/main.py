@@ -20,6 +20,7 @@ COMMANDS = [
     "tokenizer",
     "text_tokenizer",
     "tokenize",
+    "train",
 ]
 
 

@@ -1,0 +1,349 @@
+"""Training configuration: dataclasses, YAML/dict loading with dotted overrides, and presets.
+
+Sizes: image and video sizes are pixels ``(height, width)`` (multiples of 32); the latent grid
+is ``height/8 x width/8`` tokens. ``video_frames`` counts latent frames (7 = 25 RGB frames).
+Batch sizes count samples per process and micro-step; the global batch is
+``micro_batch_size * grad_accumulation * world_size``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lumos.errors import LumosError
+from lumos.training.objective import ATTENTION_MODES, MaskingConfig
+
+GEOMETRIES = ("tiny", "1b", "3b")
+VOCABULARIES = ("official", "tiny")
+PRECISIONS = ("auto", "bf16", "fp32")
+PARALLEL = ("auto", "none", "ddp", "fsdp")
+LR_SCHEDULES = ("constant", "cosine")
+DATA_SOURCES = ("synthetic", "shards")
+
+
+@dataclass
+class ModelConfig:
+    """``geometry``: ``tiny`` | ``1b`` | ``3b`` (:class:`LumosConfig` presets), refined by
+    ``overrides`` (any LumosConfig field). ``vocabulary``: ``official``, ``tiny`` (a 64-code test
+    vocabulary) or a JSON file of :class:`Vocabulary` fields. ``init_from``: a Lumos checkpoint
+    directory to fine-tune (its geometry wins); ``init_from_llm``: a text-only Llama-style
+    checkpoint whose vocabulary is extended to the visual codebook (see
+    :mod:`lumos.training.llm_init`)."""
+
+    geometry: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    vocabulary: str = "official"
+    init_from: str | None = None
+    init_from_llm: str | None = None
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise LumosError(
+                f"model.geometry {self.geometry!r} unknown; choose one of {GEOMETRIES}"
+            )
+        if self.init_from and self.init_from_llm:
+            raise LumosError("set model.init_from or model.init_from_llm, not both")
+
+
+@dataclass
+class DataConfig:
+    """``image_ratio``: fraction of optimiser steps that use image batches (1 = text-to-image
+    only, 0 = video only); image and video steps alternate evenly. ``synthetic`` renders
+    learnable random sequences in memory; ``shards`` reads ``lumos tokenize`` output."""
+
+    source: str = "synthetic"
+    image_ratio: float = 0.5
+    image_size: tuple[int, int] = (256, 448)
+    video_size: tuple[int, int] = (256, 448)
+    video_frames: int = 7
+    fps: int = 12
+    text_tokens: tuple[int, int] = (8, 32)  # synthetic prompt length range (inclusive)
+    image_shards: str | None = None
+    video_shards: str | None = None
+    validation_batches: int = 2  # per kind, per process
+
+    def __post_init__(self) -> None:
+        self.image_size, self.video_size = tuple(self.image_size), tuple(self.video_size)
+        self.text_tokens = tuple(self.text_tokens)
+        if self.source not in DATA_SOURCES:
+            raise LumosError(f"data.source {self.source!r} unknown; choose one of {DATA_SOURCES}")
+        if not 0.0 <= self.image_ratio <= 1.0:
+            raise LumosError(f"data.image_ratio must be in [0, 1], got {self.image_ratio}")
+        for name in ("image_size", "video_size"):
+            h, w = getattr(self, name)
+            if h % 32 or w % 32 or h <= 0 or w <= 0:
+                raise LumosError(f"data.{name} {h}x{w} must be positive multiples of 32 pixels")
+        if self.video_frames < 1:
+            raise LumosError(f"data.video_frames must be >= 1, got {self.video_frames}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then a constant or cosine (down to ``min_lr_ratio * lr``) LR.
+    Weight decay applies to matrices (embeddings and projections), not to norms."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 4.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.schedule not in LR_SCHEDULES:
+            raise LumosError(
+                f"optim.schedule {self.schedule!r} unknown; choose one of {LR_SCHEDULES}"
+            )
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise LumosError("optim.lr must be > 0 and optim.warmup_steps >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``lumos train`` needs. Intervals are in optimiser steps (0 = never)."""
+
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000
+    micro_batch_size: int = 1
+    grad_accumulation: int = 1
+    precision: str = "auto"
+    parallel: str = "auto"
+    attention: str = "split"
+    loss_chunk_size: int = 4096
+    seed: int = 0
+    output_dir: str = "runs/lumos"
+    log_every: int = 1
+    validate_every: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    threads: int | None = None  # torch CPU threads per process (None: torch default)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise LumosError(f"precision {self.precision!r} unknown; choose one of {PRECISIONS}")
+        if self.parallel not in PARALLEL:
+            raise LumosError(f"parallel {self.parallel!r} unknown; choose one of {PARALLEL}")
+        if self.attention not in ATTENTION_MODES:
+            raise LumosError(
+                f"attention {self.attention!r} unknown; choose one of {ATTENTION_MODES}"
+            )
+        for name in (
+            "steps",
+            "micro_batch_size",
+            "grad_accumulation",
+            "keep_checkpoints",
+            "loss_chunk_size",
+        ):
+            if getattr(self, name) < 1:
+                raise LumosError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return _build(cls, data, "")
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise LumosError(f"config section {prefix or 'root'} must be a mapping, got {data!r}")
+    kinds = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(kinds))
+    if unknown:
+        raise LumosError(
+            f"unknown config keys {[prefix + k for k in unknown]}; known: {sorted(kinds)}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        sub = SECTIONS.get(key) if cls is TrainConfig else None
+        kwargs[key] = (
+            _build(sub, value, f"{key}.") if sub else _coerce(prefix + key, kinds[key].type, value)
+        )
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise LumosError(f"bad config values in {prefix or 'root'}: {err}") from None
+
+
+def _coerce(key: str, annotation: str, value: Any) -> Any:
+    """YAML reads ``3e-4`` as a string: convert strings for numeric fields."""
+    if isinstance(value, str) and annotation.split(" ")[0] in ("float", "int"):
+        try:
+            return float(value) if annotation.startswith("float") else int(value)
+        except ValueError:
+            raise LumosError(f"{key}: {value!r} is not a number") from None
+    return value
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "masking": MaskingConfig,
+    "optim": OptimConfig,
+}
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested config dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise LumosError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise LumosError(f"override {item!r}: {p} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(
+    path: str | None = None, preset: str | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """A config from a preset and/or a YAML file (the file refines the preset), then overrides."""
+    data = PRESETS[_preset_name(preset)]().to_dict() if preset else {}
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise LumosError(f"config file {file} does not exist")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise LumosError(f"{file} is not valid YAML ({str(err).splitlines()[0]})") from None
+        data = _merge(data, loaded)
+    return TrainConfig.from_dict(apply_overrides(data, overrides or []))
+
+
+def _merge(base: dict, update: dict) -> dict:
+    if not isinstance(update, dict):
+        raise LumosError("a config file must hold a mapping of sections")
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = (
+            _merge(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "overrides"
+            else v
+        )
+    return out
+
+
+def _preset_name(name: str) -> str:
+    if name not in PRESETS:
+        raise LumosError(f"unknown preset {name!r}; see `lumos train --list-presets`")
+    return name
+
+
+# ---------------------------------------------------------------------------------- presets
+
+
+def tiny_cpu_t2i() -> TrainConfig:
+    """A 2-layer model on 32 x 64 px synthetic images (4 x 8 latent tokens); a minute on a CPU."""
+    return TrainConfig(
+        name="tiny-cpu-t2i",
+        model=ModelConfig(geometry="tiny", vocabulary="tiny"),
+        data=DataConfig(image_ratio=1.0, image_size=(32, 64), text_tokens=(4, 12)),
+        optim=OptimConfig(lr=1e-3, warmup_steps=10, schedule="cosine"),
+        steps=200,
+        micro_batch_size=8,
+        precision="fp32",
+        output_dir="runs/tiny-cpu-t2i",
+        validate_every=50,
+        checkpoint_every=50,
+    )
+
+
+def tiny_cpu_joint() -> TrainConfig:
+    """Tiny joint image/video training: 3 latent frames of 4 x 8 tokens, alternating steps."""
+    cfg = tiny_cpu_t2i()
+    cfg.name, cfg.output_dir = "tiny-cpu-joint", "runs/tiny-cpu-joint"
+    cfg.data = DataConfig(
+        image_ratio=0.5,
+        image_size=(32, 64),
+        video_size=(32, 64),
+        video_frames=3,
+        fps=4,
+        text_tokens=(4, 12),
+    )
+    return cfg
+
+
+def _official(geometry: str, stage: str, size: tuple[int, int]) -> TrainConfig:
+    """The published recipe (SPEC 6): bf16, FSDP full shard, activation checkpointing, AdamW
+    (0.9, 0.95) wd 0.1, clip 4, short warmup then constant LR, tube masks min rate 0.7, text
+    drop 0.1. Stage 1 is text-to-image at 256p; stage 2 alternates image and video batches,
+    first at 256p (from stage 1), then at 384p (from stage 2 at 256p). Batch sizes and step
+    counts are not published: ours are per-GPU choices for 80 GB cards."""
+    t2i = stage == "stage1-t2i"
+    name = f"lumos-{geometry}-{stage}-{size[0]}p"
+    previous = {
+        (256, 448): f"runs/lumos-{geometry}-stage1-t2i-256p/model",
+        (384, 672): f"runs/lumos-{geometry}-stage2-joint-256p/model",
+    }
+    return TrainConfig(
+        name=name,
+        model=ModelConfig(
+            geometry=geometry,
+            gradient_checkpointing=True,
+            init_from=None if t2i else previous[size],
+        ),
+        data=DataConfig(
+            source="shards",
+            image_ratio=1.0 if t2i else 0.5,
+            image_size=size,
+            video_size=size,
+            video_frames=7,
+            fps=12,
+        ),
+        optim=OptimConfig(lr=1e-4 if t2i else 5e-5, warmup_steps=500, schedule="constant"),
+        steps=100_000,
+        micro_batch_size=4 if size[0] <= 256 else 2,
+        precision="bf16",
+        parallel="fsdp",
+        output_dir=f"runs/{name}",
+        log_every=10,
+        validate_every=1000,
+        checkpoint_every=1000,
+    )
+
+
+PRESETS = {
+    "tiny-cpu-t2i": tiny_cpu_t2i,
+    "tiny-cpu-joint": tiny_cpu_joint,
+    **{
+        f"lumos-{g}-{stage}-{size[0]}p": functools.partial(_official, g, stage, size)
+        for g in ("1b", "3b")
+        for stage, size in (
+            ("stage1-t2i", (256, 448)),
+            ("stage2-joint", (256, 448)),
+            ("stage2-joint", (384, 672)),
+        )
+    },
+}
+
+
+def describe_preset(name: str) -> str:
+    """One line about a preset."""
+    make = PRESETS[_preset_name(name)]
+    if isinstance(make, functools.partial):
+        geometry, stage, (h, w) = make.args
+        what = "text-to-image" if stage == "stage1-t2i" else "joint image/video, alternating"
+        return f"Lumos-1 {geometry.upper()} {stage.split('-')[0]}: {what} at {w}x{h} px, bf16 FSDP"
+    return (make.__doc__ or "").strip().splitlines()[0]

@@ -1,0 +1,452 @@
+"""The training loop (``lumos train``): AR-DF objective, AdamW, DDP/FSDP2, exact resume.
+
+One optimiser step = ``grad_accumulation`` micro-batches per process, all of one kind (image or
+video; kinds alternate by ``data.image_ratio``). The loss of a step is the mean over every scored
+position of the global batch: each micro-batch's summed loss is scaled by
+``world_size / global_count`` (the count is known from the collated masks before any forward)
+and the data-parallel wrappers average gradients. Masks are drawn from a generator seeded by
+``(seed, step, global micro-batch index)``, so W processes with accumulation A see the same
+batches and masks as one process with accumulation W*A, and a resumed run the same as an
+uninterrupted one.
+
+Outputs under ``output_dir``: ``metrics.jsonl`` (one JSON object per logged step or
+validation), ``tensorboard/``, ``checkpoints/step-*/``, and ``model/`` (the final weights in
+checkpoint-directory format, loadable with ``LumosModel.from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lumos.errors import LumosError
+from lumos.model.checkpoint import save_model
+from lumos.model.config import LumosConfig
+from lumos.model.transformer import LumosModel
+from lumos.sequence.vocab import Vocabulary
+from lumos.training import distributed
+from lumos.training.checkpointing import (
+    full_model_state,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from lumos.training.config import ModelConfig, TrainConfig
+from lumos.training.objective import ARDFObjective, Batch, collate
+from lumos.training.sources import KINDS, BatchSource, SyntheticSource, sample_seed
+
+MAX_FRAMES = 64  # per-frame statistics are kept for latent frames 0 .. MAX_FRAMES - 1
+
+
+def tiny_vocabulary() -> Vocabulary:
+    """A small vocabulary for CPU experiments: 256 text ids + a 64-code visual codebook."""
+    return Vocabulary(
+        text_size=256,
+        visual_offset=256,
+        codebook_size=64,
+        bos=0,
+        pad=1,
+        eos=2,
+        sep=3,
+        video_start=4,
+        video_end=5,
+        frame_start=6,
+        frame_end=7,
+        newline=8,
+        mask=9,
+        int_base=10,
+        num_ints=40,
+    )
+
+
+def resolve_vocabulary(spec: str) -> Vocabulary:
+    if spec == "official":
+        return Vocabulary.official()
+    if spec == "tiny":
+        return tiny_vocabulary()
+    path = Path(spec)
+    if not path.is_file():
+        raise LumosError(f"model.vocabulary {spec!r} is neither official, tiny nor a JSON file")
+    try:
+        return Vocabulary.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise LumosError(f"{path} is not valid JSON ({err})") from None
+
+
+def build_model(cfg: ModelConfig) -> LumosModel:
+    """From scratch (seeded by the caller), a Lumos checkpoint, or a text-only LLM."""
+    if cfg.init_from:
+        model = LumosModel.from_pretrained(cfg.init_from).train()
+    elif cfg.init_from_llm:
+        from lumos.training.llm_init import init_from_llm
+
+        model = init_from_llm(cfg.init_from_llm, resolve_vocabulary(cfg.vocabulary), cfg.overrides)
+    else:
+        vocab = resolve_vocabulary(cfg.vocabulary)
+        preset = {"tiny": LumosConfig.tiny, "1b": LumosConfig.lumos_1b, "3b": LumosConfig.lumos_3b}
+        if cfg.geometry == "tiny":
+            model_cfg = LumosConfig.tiny(vocabulary=vocab, **cfg.overrides)
+        else:
+            model_cfg = preset[cfg.geometry](
+                vocabulary=vocab.to_dict(), vocab_size=vocab.size, **cfg.overrides
+            )
+        model = LumosModel(model_cfg)
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    return model.float().train()
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """LR multiplier after ``step`` optimiser steps: linear warmup, then constant or cosine."""
+    opt = cfg.optim
+    if step < opt.warmup_steps:
+        return (step + 1) / opt.warmup_steps
+    if opt.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - opt.warmup_steps) / max(1, cfg.steps - opt.warmup_steps))
+    return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_kind(step: int, image_ratio: float) -> str:
+    """``image`` or ``video`` for an optimiser step; images take ``image_ratio`` of the steps,
+    spread evenly (0.5 alternates video, image, video, ...)."""
+    return (
+        "image"
+        if math.floor((step + 1) * image_ratio + 1e-9) > math.floor(step * image_ratio + 1e-9)
+        else "video"
+    )
+
+
+def check_data_source(cfg: TrainConfig) -> None:
+    if cfg.data.source != "synthetic":
+        raise LumosError(
+            "data.source shards: the token-shard loader (lumos.data) is not available yet; "
+            "use data.source=synthetic or pass sources to Trainer"
+        )
+
+
+def make_sources(
+    cfg: TrainConfig, vocab: Vocabulary, ctx: distributed.DistContext, split: str
+) -> dict[str, BatchSource]:
+    """One source per kind used by the config (``synthetic``; token shards are not wired yet)."""
+    data = cfg.data
+    check_data_source(cfg)
+    kinds = [
+        k
+        for k, used in zip(KINDS, (data.image_ratio > 0, data.image_ratio < 1), strict=True)
+        if used
+    ]
+    accumulation = cfg.grad_accumulation if split == "train" else 1
+    return {
+        kind: SyntheticSource(
+            vocab,
+            kind,
+            data.image_size if kind == "image" else data.video_size,
+            data.video_frames,
+            data.fps,
+            data.text_tokens,
+            cfg.micro_batch_size,
+            seed=cfg.seed,
+            split=split,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            accumulation=accumulation,
+        )
+        for kind in kinds
+    }
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (embeddings, projections, head); none on norms."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = [p for p in model.parameters() if p.ndim >= 2 and "norm" not in names[id(p)]]
+    other = [p for p in model.parameters() if not (p.ndim >= 2 and "norm" not in names[id(p)])]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`.
+
+    ``sources`` / ``val_sources`` (kind -> :class:`BatchSource`) replace the configured data.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        sources: dict[str, BatchSource] | None = None,
+        val_sources: dict[str, BatchSource] | None = None,
+        resume: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.ctx = distributed.init_distributed()
+        self.out = Path(cfg.output_dir)
+        self.dtype = distributed.resolve_precision(cfg.precision, self.ctx.device)
+        self.parallel = distributed.resolve_parallel(cfg.parallel, self.ctx)
+        if sources is None:
+            check_data_source(cfg)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every process
+        model = build_model(cfg.model)
+        self.num_parameters = model.num_parameters()
+        self.vocab = model.vocab
+        self.model_config = model.config
+        objective = ARDFObjective(model, cfg.loss_chunk_size, cfg.attention)
+        self.module = distributed.wrap(
+            objective, list(model.model.layers), self.parallel, self.ctx, self.dtype
+        )
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.module, cfg.optim.weight_decay),
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            eps=cfg.optim.eps,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg)
+        )
+        self.sources = sources or make_sources(cfg, self.vocab, self.ctx, "train")
+        self.val_sources = val_sources or make_sources(cfg, self.vocab, self.ctx, "val")
+        self.step = 0
+        self.writer = None
+        if resume and (last := latest_checkpoint(self.out / "checkpoints")):
+            self.restore(last)
+
+    # ---- state -------------------------------------------------------------------------
+    def restore(self, path: Path) -> None:
+        trainer, rank = load_checkpoint(path, self.module, self.optimizer, self.ctx)
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        self.step = int(trainer["step"])
+        for kind, state in rank["sources"].items():
+            self.sources[kind].load_state_dict(state)
+        set_rng_state(rank["rng"], self.ctx.device)
+        if self.ctx.is_main:
+            self.log(f"resumed from {path} at step {self.step}")
+            self._truncate_metrics()
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.step,
+            self.module,
+            self.optimizer,
+            {
+                "step": self.step,
+                "scheduler": self.scheduler.state_dict(),
+                "config": self.cfg.to_dict(),
+            },
+            {
+                "sources": {k: s.state_dict() for k, s in self.sources.items()},
+                "rng": rng_state(self.ctx.device),
+            },
+            self.ctx,
+            self.cfg.keep_checkpoints,
+        )
+
+    def export(self, path: Path) -> None:
+        """Final weights as a checkpoint directory (collective under FSDP)."""
+        state = full_model_state(self.module)
+        if self.ctx.is_main:
+            with torch.device("meta"):
+                model = LumosModel(self.model_config)
+            model.load_state_dict(
+                {k.removeprefix("model."): v for k, v in state.items()}, assign=True
+            )
+            save_model(model, path)
+
+    # ---- logging -----------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.ctx.is_main:
+            tqdm.write(f"lumos train: {message}", file=sys.stderr)
+
+    def _truncate_metrics(self) -> None:
+        file = self.out / "metrics.jsonl"
+        if file.is_file():
+            rows = [
+                line
+                for line in file.read_text().splitlines()
+                if json.loads(line)["step"] <= self.step
+            ]
+            file.write_text("".join(r + "\n" for r in rows))
+
+    def record(self, row: dict) -> None:
+        """Append a metrics row (rank 0) and mirror its scalars to TensorBoard."""
+        if not self.ctx.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.cfg.tensorboard:
+            if self.writer is None:
+                from torch.utils.tensorboard import SummaryWriter  # optional dependency
+
+                self.writer = SummaryWriter(self.out / "tensorboard", purge_step=self.step)
+            for key, value in row.items():
+                if isinstance(value, list):
+                    for f, v in enumerate(value):
+                        if v is not None:
+                            self.writer.add_scalar(f"{key}/frame_{f}", v, row["step"])
+                elif isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(key, value, row["step"])
+
+    # ---- steps -------------------------------------------------------------------------
+    def batches(self, kind: str, step: int) -> list[Batch]:
+        """This process's micro-batches for ``step``, masks seeded by their global index."""
+        cfg, ctx = self.cfg, self.ctx
+        out = []
+        for a in range(cfg.grad_accumulation):
+            index = ctx.rank * cfg.grad_accumulation + a
+            gen = torch.Generator().manual_seed(sample_seed(cfg.seed, 0, step, index))
+            out.append(collate(next(self.sources[kind]), self.vocab, cfg.masking, gen))
+        return out
+
+    def forward(self, batch: Batch):
+        batch = batch.to(self.ctx.device)
+        with distributed.autocast(self.parallel, self.ctx, self.dtype):
+            return self.module(
+                batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask
+            )
+
+    def train_step(self) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        kind = step_kind(self.step, cfg.data.image_ratio)
+        batches = self.batches(kind, self.step)
+        count = ctx.all_reduce(
+            torch.tensor([float(sum(b.num_loss_tokens for b in batches))], device=ctx.device)
+        )
+        scale = ctx.world_size / max(float(count), 1.0)
+        stats = torch.zeros(2 * MAX_FRAMES + 2, device=ctx.device)  # loss sum, tokens, frames
+        self.module.train()
+        for a, batch in enumerate(batches):
+            with distributed.gradient_sync(self.module, self.parallel, a == len(batches) - 1):
+                out = self.forward(batch)
+                (out.loss_sum * scale).backward()
+            stats += self._stats(out, batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx.all_reduce(stats)
+        return {
+            "kind": kind,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            **self._summary(stats, count),
+        }
+
+    @staticmethod
+    def _stats(out, batch: Batch) -> torch.Tensor:
+        n = min(len(out.frame_loss_sum), MAX_FRAMES)
+        stats = torch.zeros(2 * MAX_FRAMES + 2, device=out.frame_loss_sum.device)
+        stats[0] = out.loss_sum.detach().float()
+        stats[1] = batch.num_tokens
+        stats[2 : 2 + n] = out.frame_loss_sum[:n]
+        stats[2 + MAX_FRAMES : 2 + MAX_FRAMES + n] = out.frame_count[:n]
+        return stats
+
+    @staticmethod
+    def _summary(stats: torch.Tensor, count: torch.Tensor) -> dict:
+        stats = stats.cpu()
+        frame_sum, frame_count = stats[2 : 2 + MAX_FRAMES], stats[2 + MAX_FRAMES :]
+        used = int((frame_count > 0).nonzero().max()) + 1 if bool((frame_count > 0).any()) else 0
+        frames = [
+            float(s / c) if c > 0 else None
+            for s, c in zip(frame_sum[:used], frame_count[:used], strict=True)
+        ]
+        return {
+            "loss": float(stats[0]) / max(float(count), 1.0),
+            "tokens": int(stats[1]),
+            "frame_loss": frames,
+        }
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Mean loss and loss per latent frame on fixed validation batches, per kind."""
+        cfg, ctx = self.cfg, self.ctx
+        self.module.eval()
+        result = {}
+        for kind, source in self.val_sources.items():
+            source.load_state_dict({"count": 0})  # the same batches every time
+            stats = torch.zeros(2 * MAX_FRAMES + 2, device=ctx.device)
+            count = 0
+            for i in range(cfg.data.validation_batches):
+                seed = sample_seed(cfg.seed, 1, KINDS.index(kind), ctx.rank, i)
+                batch = collate(
+                    next(source), self.vocab, cfg.masking, torch.Generator().manual_seed(seed)
+                )
+                out = self.forward(batch)
+                stats += self._stats(out, batch)
+                count += out.count
+            total = ctx.all_reduce(torch.tensor([float(count)], device=ctx.device))
+            summary = self._summary(ctx.all_reduce(stats), total)
+            result[f"val/{kind}/loss"] = summary["loss"]
+            result[f"val/{kind}/frame_loss"] = summary["frame_loss"]
+        self.module.train()
+        return result
+
+    def fit(self) -> list[dict]:
+        """Train until ``cfg.steps``; returns the metrics rows of the steps run here."""
+        cfg = self.cfg
+        rows = []
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not self.ctx.is_main,
+            dynamic_ncols=True,
+            desc="train",
+        )
+        if self.ctx.is_main:
+            self.log(
+                f"{self.model_config.num_hidden_layers} layers, hidden {self.model_config.hidden_size}, "
+                f"{self.num_parameters:,} parameters, "
+                f"{self.ctx.world_size} process(es), parallel {self.parallel}, {str(self.dtype).removeprefix('torch.')}, "
+                f"device {self.ctx.device}"
+            )
+        while self.step < cfg.steps:
+            start = time.perf_counter()
+            metrics = self.train_step()
+            elapsed = time.perf_counter() - start
+            self.step += 1
+            metrics = {"step": self.step, **metrics, "tokens_per_s": metrics["tokens"] / elapsed}
+            rows.append(metrics)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self.record(metrics)
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.4f}",
+                lr=f"{metrics['lr']:.2e}",
+                tok_s=f"{metrics['tokens_per_s']:.0f}",
+            )
+            if cfg.validate_every and self.step % cfg.validate_every == 0:
+                val = self.validate()
+                self.record({"step": self.step, **val})
+                self.log(
+                    f"step {self.step}: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if k.endswith("/loss"))
+                )
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        self.export(self.out / "model")
+        if self.writer is not None:
+            self.writer.close()
+        return rows
+
+
+def train(cfg: TrainConfig, resume: bool = True) -> list[dict]:
+    """Run a training job described by ``cfg`` (see :class:`Trainer`)."""
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.shutdown_distributed()

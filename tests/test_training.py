@@ -1,0 +1,260 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lumos.errors import LumosError
+from lumos.model.transformer import LumosModel
+from lumos.sequence.layout import parse_sequence
+from lumos.training.checkpointing import list_checkpoints
+from lumos.training.config import PRESETS, TrainConfig, load_config
+from lumos.training.llm_init import init_from_llm
+from lumos.training.sources import SyntheticSource, global_micro_batch
+from lumos.training.train import Trainer, lr_factor, step_kind, tiny_vocabulary
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A run small enough for a few seconds on a loaded CPU: 3 latent frames of 2 x 4 tokens.
+TINY = [
+    "model.overrides={hidden_size: 64, intermediate_size: 128, num_attention_heads: 2, num_key_value_heads: 1}",
+    "data.image_size=[64, 32]",
+    "data.video_size=[32, 64]",
+    "micro_batch_size=2",
+    "grad_accumulation=2",
+    "optim.warmup_steps=2",
+    "validate_every=0",
+    "tensorboard=false",
+    "threads=1",
+]
+
+
+def tiny_config(tmp_path, *extra) -> TrainConfig:
+    return load_config(preset="tiny-cpu-joint", overrides=[*TINY, f"output_dir={tmp_path}", *extra])
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_presets_and_overrides(tmp_path):
+    for name in PRESETS:
+        cfg = load_config(preset=name)
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = load_config(preset="lumos-3b-stage2-joint-384p")
+    assert cfg.model.geometry == "3b" and cfg.data.image_size == (384, 672)
+    assert cfg.parallel == "fsdp" and cfg.model.gradient_checkpointing
+    assert cfg.masking.type == "tube" and cfg.masking.min_rate == 0.7
+    assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.grad_clip == 4.0
+    file = tmp_path / "c.yaml"
+    file.write_text("optim:\n  lr: 3.0e-4\nmasking:\n  type: random\nsteps: 7\n")
+    cfg = load_config(str(file), "tiny-cpu-t2i", ["data.image_size=[64, 96]", "optim.lr=5e-4"])
+    assert cfg.optim.lr == 5e-4 and cfg.masking.type == "random" and cfg.steps == 7
+    assert cfg.data.image_size == (64, 96) and cfg.optim.schedule == "cosine"  # from the preset
+    for bad in (
+        ["optim.nope=1"],
+        ["steps=abc"],
+        ["masking.type=zigzag"],
+        ["data.image_size=[30, 32]"],
+        ["novalue"],
+    ):
+        with pytest.raises(LumosError):
+            load_config(preset="tiny-cpu-t2i", overrides=bad)
+    with pytest.raises(LumosError):
+        load_config(preset="no-such-preset")
+
+
+def test_lr_schedule_and_step_kinds():
+    cfg = load_config(preset="tiny-cpu-t2i", overrides=["steps=100", "optim.warmup_steps=10"])
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == 1.0
+    assert lr_factor(10, cfg) == 1.0 and lr_factor(100, cfg) == pytest.approx(0.1)
+    assert lr_factor(55, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    cfg.optim.schedule = "constant"
+    assert lr_factor(99, cfg) == 1.0
+    assert [step_kind(s, 0.5) for s in range(4)] == ["video", "image", "video", "image"]
+    assert {step_kind(s, 1.0) for s in range(5)} == {"image"}
+    assert {step_kind(s, 0.0) for s in range(5)} == {"video"}
+    assert sum(step_kind(s, 0.25) == "image" for s in range(100)) == 25
+
+
+def test_synthetic_source_contract():
+    vocab = tiny_vocabulary()
+    # W processes x A accumulation steps see the micro-batches of one process with W*A.
+    one = [global_micro_batch(c, 0, 1, 4) for c in range(8)]
+    two = sorted(global_micro_batch(c, r, 2, 2) for r in range(2) for c in range(4))
+    assert one == two == list(range(8))
+    src = SyntheticSource(vocab, "video", (16, 40), 3, 4, (6, 9), micro_batch_size=2, seed=3)
+    first = [next(src) for _ in range(3)]
+    parsed = parse_sequence(vocab, first[0][0])
+    assert len(parsed.frames) == 3 and parsed.frames[0].shape == (2, 5)
+    # Motion: frame 1 is frame 0 shifted by -1, 0 or +1 columns.
+    f0, f1 = parsed.frames[0], parsed.frames[1]
+    assert any(torch.equal(f0.roll(d, 1)[:, 1:-1], f1[:, 1:-1]) for d in (-1, 0, 1))
+    state = src.state_dict()
+    more = next(src)
+    src.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(next(src), more, strict=True))
+    again = SyntheticSource(vocab, "video", (16, 40), 3, 4, (6, 9), micro_batch_size=2, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(next(again), first[0], strict=True))
+    image = next(SyntheticSource(vocab, "image", (32, 24), 3, 4, (6, 9), 1))[0]
+    assert len(parse_sequence(vocab, image).frames) == 1
+
+
+def test_training_reduces_loss_and_writes_outputs(tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        "steps=12",
+        "checkpoint_every=4",
+        "keep_checkpoints=2",
+        "validate_every=6",
+        "tensorboard=true",
+        "optim.lr=3e-3",
+    )
+    rows = Trainer(cfg, resume=False).fit()
+    assert [r["kind"] for r in rows[:4]] == ["video", "image", "video", "image"]
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
+    video = [r for r in rows if r["kind"] == "video"]
+    assert len(video[0]["frame_loss"]) == 3 and all(v is not None for v in video[0]["frame_loss"])
+    assert all(r["grad_norm"] > 0 and r["tokens"] > 0 for r in rows)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step-00000008",
+        "step-00000012",
+    ]
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [m for m in metrics if "val/video/loss" in m]
+    assert [m["step"] for m in val] == [6, 12] and len(val[0]["val/video/frame_loss"]) == 3
+    assert any((tmp_path / "tensorboard").iterdir())
+    model = LumosModel.from_pretrained(tmp_path / "model")
+    assert model.config.hidden_size == 64 and model.vocab == tiny_vocabulary()
+
+
+def test_masking_types_train(tmp_path):
+    for kind in ("random", "diffusion_forcing"):
+        cfg = tiny_config(tmp_path / kind, "steps=2", f"masking.type={kind}", "attention=dense")
+        rows = Trainer(cfg, resume=False).fit()
+        assert all(r["loss"] > 0 for r in rows)
+
+
+def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    code = (
+        "import argparse, sys; from lumos.cli import train; "
+        "p = argparse.ArgumentParser(); train.register(p.add_subparsers()); "
+        "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code, "train", *args], env=env, **kwargs)
+
+
+def _metrics(path: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_sigkill_and_resume_is_exact(tmp_path):
+    args = ["--preset", "tiny-cpu-joint", *(a for s in TINY for a in ("--set", s))]
+    args += ["--steps", "10", "--set", "checkpoint_every=3", "--set", "keep_checkpoints=5"]
+    ref = load_config(
+        preset="tiny-cpu-joint", overrides=[*TINY, f"output_dir={tmp_path / 'ref'}", "steps=10"]
+    )
+    expected = {r["step"]: r["loss"] for r in Trainer(ref, resume=False).fit()}
+
+    out = tmp_path / "killed"
+    proc = _run_cli([*args, "--output", str(out)], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-00000006").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before the kill"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists()  # really interrupted
+    done = max(_metrics(out))
+    assert 6 <= done < 10
+    resumed = _run_cli([*args, "--output", str(out)], stderr=subprocess.PIPE, text=True)
+    _, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    assert "resumed from" in err and "step-00000006" in err
+    got = _metrics(out)
+    assert sorted(got) == list(range(1, 11))
+    assert got == expected  # bit-identical losses
+
+
+def test_finetune_from_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path / "a", "steps=2")
+    Trainer(cfg, resume=False).fit()
+    saved = LumosModel.from_pretrained(tmp_path / "a" / "model")
+    cfg = tiny_config(tmp_path / "b", "steps=1", f"model.init_from={tmp_path / 'a' / 'model'}")
+    trainer = Trainer(cfg, resume=False)
+    for (name, p), q in zip(
+        trainer.module.model.named_parameters(), saved.parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    trainer.fit()
+
+
+def test_init_from_llm(tmp_path):
+    vocab = tiny_vocabulary()
+    n_text, d, layers = 200, 64, 2
+    llm = {
+        "model_type": "llama",
+        "vocab_size": n_text,
+        "hidden_size": d,
+        "intermediate_size": 96,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+    }
+    shapes = {
+        "model.embed_tokens.weight": (n_text, d),
+        "lm_head.weight": (n_text, d),
+        "model.norm.weight": (d,),
+    }
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (d, d),
+            p + "self_attn.k_proj.weight": (32, d),
+            p + "self_attn.v_proj.weight": (32, d),
+            p + "self_attn.o_proj.weight": (d, d),
+            p + "mlp.gate_proj.weight": (96, d),
+            p + "mlp.up_proj.weight": (96, d),
+            p + "mlp.down_proj.weight": (d, 96),
+            p + "input_layernorm.weight": (d,),
+            p + "post_attention_layernorm.weight": (d,),
+        }
+    state = {k: torch.randn(s) * 0.5 + 0.1 for k, s in shapes.items()}
+    (tmp_path / "config.json").write_text(json.dumps(llm))
+    save_file(state, tmp_path / "model.safetensors")
+
+    model = init_from_llm(tmp_path, vocab)
+    assert model.config.vocab_size == vocab.size and model.config.rope_theta == 500000.0
+    ours = model.state_dict()
+    for k, v in state.items():
+        if k in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(ours[k][:n_text], v)
+            new = ours[k][n_text:]
+            assert new.shape == (vocab.size - n_text, d)
+            torch.testing.assert_close(new.mean(0), v.mean(0), atol=0.25, rtol=0)
+            torch.testing.assert_close(new.std(0).mean(), v.std(0).mean(), atol=0.1, rtol=0)
+        else:
+            assert torch.equal(ours[k], v), k
+    assert torch.equal(ours["model.layers.0.self_attn.q_norm.weight"], torch.ones(1, 32))
+    # Training starts from it through the config.
+    cfg = tiny_config(
+        tmp_path / "run", "steps=1", f"model.init_from_llm={tmp_path}", "model.overrides={}"
+    )
+    Trainer(cfg, resume=False).fit()
+    (tmp_path / "config.json").write_text(json.dumps({**llm, "vocab_size": 300}))
+    with pytest.raises(LumosError, match="visual ids start"):
+        init_from_llm(tmp_path, vocab)
