@@ -235,25 +235,27 @@ def inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def coverage(
-    shape: str, cx: np.ndarray, cy: np.ndarray, r: float, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Anti-aliased coverage of a shape in a square window around it, for several frames.
+    shape: str,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    r: float,
+    top: np.ndarray,
+    left: np.ndarray,
+    height: int,
+    width: int,
+) -> np.ndarray:
+    """Anti-aliased coverage of a shape in pixel windows, one per frame.
 
-    ``cx, cy``: [T] centres in pixels (pixel (i, j) covers [j, j+1) x [i, i+1)); ``r``: half
-    extent in pixels; ``size``: window side in pixels. Returns ``(alpha, top, left)`` with
-    alpha float32 [T, size, size] in [0, 1] and the windows' integer top-left corners [T];
-    the windows are centred on the shapes and may extend past the canvas.
+    ``cx, cy``: [T] shape centres in pixels (pixel (i, j) covers [j, j+1) x [i, i+1));
+    ``r``: half extent in pixels; ``top, left``: [T] integer top-left corners of the windows;
+    ``height, width``: window size in pixels. Returns float32 [T, height, width] in [0, 1].
     """
     cx, cy = np.asarray(cx, np.float64), np.asarray(cy, np.float64)
-    top = np.floor(cy - size / 2).astype(np.int64) + 1
-    left = np.floor(cx - size / 2).astype(np.int64) + 1
-    sub = (np.arange(size * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
-    u = (left[:, None] + sub - cx[:, None]) / r  # [T, size*S]
-    v = (top[:, None] + sub - cy[:, None]) / r
-    hit = inside(shape, u[:, None, :], v[:, :, None])  # [T, size*S, size*S]
-    t = len(cx)
-    alpha = hit.reshape(t, size, SUPERSAMPLE, size, SUPERSAMPLE).mean((2, 4), dtype=np.float32)
-    return alpha, top, left
+    s = SUPERSAMPLE
+    u = (np.asarray(left)[:, None] + (np.arange(width * s) + 0.5) / s - cx[:, None]) / r
+    v = (np.asarray(top)[:, None] + (np.arange(height * s) + 0.5) / s - cy[:, None]) / r
+    hit = inside(shape, u[:, None, :], v[:, :, None])  # [T, height*s, width*s]
+    return hit.reshape(len(cx), height, s, width, s).mean((2, 4), dtype=np.float32)
 
 
 def _check_canvas(height: int, width: int, num_frames: int) -> None:
@@ -281,8 +283,10 @@ def render(scene: Scene, height: int, width: int, num_frames: int) -> np.ndarray
             raise LumosError(f"invalid world object {obj}")
         r = SIZE_RADIUS[obj.size] * scale
         x, y = obj.position(ts)
-        win = int(np.ceil(2 * r)) + 3
-        alpha, top, left = coverage(obj.shape, x * width, y * height, r, win)
+        win = int(np.ceil(2 * r)) + 3  # window side in pixels, centred on the shape
+        top = np.floor(y * height - win / 2).astype(np.int64) + 1
+        left = np.floor(x * width - win / 2).astype(np.int64) + 1
+        alpha = coverage(obj.shape, x * width, y * height, r, top, left, win, win)
         color = np.asarray(COLORS[obj.color], np.float32)
         for k in range(num_frames):
             t0, l0 = max(top[k], 0), max(left[k], 0)
