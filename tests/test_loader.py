@@ -139,6 +139,8 @@ def test_image_ratio_and_accumulation(dataset):
     assert set(kinds(TokenLoader(root, 2, image_ratio=1.0), 10)) == {"i"}
     acc = TokenLoader(root, 2, image_ratio=0.5, grad_accumulation=3)
     assert "".join(kinds(acc, 12)) == "vvviiivvviii"
+    odd = TokenLoader(root, 2, image_ratio=0.29)
+    assert [odd.kind_at(k) for k in range(100)].count("image") == 29
     natural = TokenLoader(root, 2)
     share = sum(s.kind == "image" for s in samples.values()) / len(samples)
     assert natural.image_ratio == pytest.approx(share)

@@ -235,9 +235,13 @@ class TokenLoader:
         }
         self.step = 0  # batches yielded (micro-batches when grad_accumulation > 1)
 
+    def _images_before(self, opt_step: int) -> int:
+        """Image optimiser steps among the first ``opt_step`` (the epsilon keeps 0.29 * 100 at
+        29 despite float rounding)."""
+        return math.floor(opt_step * self.image_ratio + 1e-9)
+
     def _is_image_step(self, opt_step: int) -> bool:
-        r = self.image_ratio
-        return math.floor((opt_step + 1) * r) > math.floor(opt_step * r)
+        return self._images_before(opt_step + 1) > self._images_before(opt_step)
 
     def kind_at(self, step: int) -> str:
         """``image`` or ``video``: the kind of batch number ``step``."""
@@ -247,7 +251,7 @@ class TokenLoader:
         """How many batches of ``kind`` come before batch number ``step``."""
         n = self.grad_accumulation
         opt_step, micro = divmod(step, n)
-        images = n * math.floor(opt_step * self.image_ratio)
+        images = n * self._images_before(opt_step)
         if self._is_image_step(opt_step):
             images += micro
         return images if kind == "image" else step - images

@@ -106,7 +106,7 @@ class WorldSource:
         sample = world[i]
         kind = "image" if sample.frames.shape[0] == 1 else "video"
         video = frames_to_video(sample.frames)
-        return RawSample(_safe_key(self, i), kind, video, sample.caption, f"world:{self.split}")
+        return RawSample(_key(self, i), kind, video, sample.caption, f"world:{self.split}")
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,7 @@ def tokenize_shard(
                 raw = job.source.load(i)
                 loaded[i] = (raw, toks.text.encode(_prompt(raw, job.source.fps)))
             except Exception as err:  # any unreadable input is skipped, never fatal
-                key = _safe_key(job.source, i)
+                key = _key(job.source, i)
                 failures.append({"index": i, "key": key, "error": _one_line(err)})
         codes = _encode_grouped(toks.visual, {i: r.video for i, (r, _) in loaded.items()})
         for i, (raw, text_ids) in loaded.items():
@@ -434,7 +434,7 @@ def _encode_grouped(visual: VisualTokenizer, videos: dict[int, torch.Tensor]) ->
     return out
 
 
-def _safe_key(source, i: int) -> str:
+def _key(source, i: int) -> str:
     if isinstance(source, ManifestSource):
         return source.entries[i].key
     return f"world-{source.split}-{i:09d}"
