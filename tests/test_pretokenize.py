@@ -242,6 +242,7 @@ def test_jsonl_manifest_with_images_and_buckets(tokenizers, tmp_path):
         ({"frames": 8}, "1 \\+ 4k"),
         ({"frames": 13}, "whole number of seconds"),
         ({"height": 48}, "multiples of 32"),
+        ({"split": "bogus"}, "unknown world split"),
     ],
 )
 def test_bad_settings(tokenizers, tmp_path, change, message):

@@ -93,8 +93,9 @@ class WorldSource:
     def describe(self) -> dict:
         return {"type": "world", **asdict(self)}
 
-    def load(self, i: int) -> RawSample:
-        world = ProceduralWorld(
+    def world(self) -> ProceduralWorld:
+        """The world (constructing it validates the split, canvas and image fraction)."""
+        return ProceduralWorld(
             self.split,
             self.height,
             self.width,
@@ -103,6 +104,9 @@ class WorldSource:
             self.image_fraction,
             self.count,
         )
+
+    def load(self, i: int) -> RawSample:
+        world = self.world()
         sample = world[i]
         kind = "image" if sample.frames.shape[0] == 1 else "video"
         video = frames_to_video(sample.frames)
@@ -315,6 +319,7 @@ def make_job(
         sizes = source.buckets or [source.size]
     else:
         sizes = [(source.width, source.height)]
+        source.world()
     for w, h in sizes:
         if w % GRID or h % GRID:
             raise LumosError(
