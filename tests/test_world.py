@@ -1,9 +1,11 @@
+import argparse
 import dataclasses
 import time
 
 import numpy as np
 import pytest
 
+from lumos.cli import world as world_cli
 from lumos.data.world import (
     BACKGROUNDS,
     COLORS,
@@ -182,3 +184,22 @@ def test_invalid_arguments():
         render(sample_scene(0), 64, 64, 0)
     with pytest.raises(LumosError):
         ProceduralWorld(image_fraction=1.5)
+
+
+def test_world_cli(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    world_cli.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["world", "--out", str(tmp_path), "--n", "3", "--size", "32x48", "--frames", "5"]
+        + ["--image-fraction", "0.5", "--seed", "1", "--analyse"]
+    )
+    assert args.func(args) == 0
+    lines = (tmp_path / "captions.txt").read_text().splitlines()
+    assert len(lines) == 3 and (tmp_path / "sheet.png").is_file()
+    for line in lines:
+        name, text = line.split("\t")
+        parse_caption(text)
+        assert (tmp_path / name).is_file()
+    assert "analyser:" in capsys.readouterr().out
+    with pytest.raises(LumosError):
+        args.func(parser.parse_args(["world", "--out", str(tmp_path), "--size", "64by64"]))
