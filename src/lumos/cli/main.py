@@ -21,6 +21,7 @@ COMMANDS = [
     "text_tokenizer",
     "tokenize",
     "train",
+    "world",
 ]
 
 
