@@ -136,6 +136,12 @@ class _Stream:
         table = pa.concat_tables(tables)
         table = table.filter(pc.equal(table.column("kind"), self.kind))
         samples = fmt.table_samples(table)
+        if len(samples) != sum(self.counts[j] for j in shards):
+            names = ", ".join(self.files[j].name for j in shards)
+            raise LumosError(
+                f"the {self.kind} count of {names} differs from the index; the shards were "
+                "changed after lumos tokenize wrote the index: tokenise again"
+            )
         lengths = np.array(
             [fmt.sequence_length(len(s.text_ids), *s.codes.shape) for s in samples], np.int64
         )
