@@ -8,7 +8,9 @@ A checkpoint directory holds ``config.json`` and either ``model.safetensors`` or
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,12 +57,55 @@ def weight_files(path: Path) -> list[Path]:
     raise LumosError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def map_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file backed by a private (copy-on-write) memory map.
+
+    Pages are read only when touched, so weights a job never reads (the text rows of the
+    head during generation, unused embedding rows) cost no memory.
+    """
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        header_len = struct.unpack("<Q", f.read(8))[0]
+        if header_len > size - 8:
+            raise ValueError("header length exceeds the file size")
+        header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    storage = torch.UntypedStorage.from_file(str(file), False, size)
+    tensors = {}
+    for name, info in header.items():
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        offset = 8 + header_len + begin
+        numel = math.prod(info["shape"])
+        if end - begin != numel * dtype.itemsize or 8 + header_len + end > size:
+            raise ValueError(f"tensor {name} does not fit its data range")
+        if offset % dtype.itemsize:
+            raise ValueError("misaligned tensor data")
+        t = torch.empty(0, dtype=dtype)
+        tensors[name] = t.set_(storage, offset // dtype.itemsize, info["shape"])
+    return tensors
+
+
+def read_state_dict(path: Path, mmap: bool = True) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         try:
-            tensors = load_file(file)
-        except (SafetensorError, OSError, ValueError) as err:
+            tensors = map_safetensors(file) if mmap else load_file(file)
+        except (SafetensorError, OSError, ValueError, KeyError, struct.error) as err:
             raise LumosError(
                 f"cannot read weights {file}: {err} (corrupt or truncated file?)"
             ) from None
@@ -68,13 +113,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(path, dtype: torch.dtype | None = None, device="cpu"):
-    """Load a LumosModel from a checkpoint directory; mismatches are one-line errors."""
+def load_model(path, dtype: torch.dtype | None = None, device="cpu", mmap: bool = True):
+    """Load a LumosModel from a checkpoint directory; mismatches are one-line errors.
+
+    With ``mmap`` (the default) weights stay memory-mapped from the file until written to or
+    converted, so peak memory is what the job touches."""
     from lumos.model.transformer import LumosModel
 
     path = Path(path)
     cfg = read_config(path)
-    state = read_state_dict(path)
+    state = read_state_dict(path, mmap=mmap and str(device) == "cpu")
     with torch.device("meta"):
         model = LumosModel(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -95,6 +143,9 @@ def load_model(path, dtype: torch.dtype | None = None, device="cpu"):
             )
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
+    elif str(device) == "cpu":
+        # Half-precision checkpoints run in fp32 on CPU (no fast bf16 matmul there).
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     # Non-persistent buffers are not in the state dict: rebuild them off the meta device.
     model.rope_axes = slot_axes(cfg.head_dim, ROPE_TYPES[cfg.rope_type][0])

@@ -18,10 +18,10 @@ def slot_axes(head_dim: int, allocation: str) -> torch.Tensor:
     the next 3/8 -> h, the last 3/8 -> w. ``1d``: every slot reads t (= the global index).
     """
     half = head_dim // 2
-    j = torch.arange(half)
+    j = torch.arange(half, device="cpu")  # explicit: also when built under a meta device
     if allocation == "distributed":
         r = j % 16
-        axes = torch.full((half,), 2, dtype=torch.long)
+        axes = torch.full((half,), 2, dtype=torch.long, device="cpu")
         axes[r < 4] = 0
         axes[(r >= 4) & (r % 4 < 2)] = 1
         return axes
@@ -29,7 +29,7 @@ def slot_axes(head_dim: int, allocation: str) -> torch.Tensor:
         t_end, h_end = half * 2 // 8, half * 5 // 8
         return torch.where(j < t_end, 0, torch.where(j < h_end, 1, 2))
     if allocation == "1d":
-        return torch.zeros(half, dtype=torch.long)
+        return torch.zeros(half, dtype=torch.long, device="cpu")
     raise ValueError(f"unknown RoPE allocation {allocation!r}")
 
 
