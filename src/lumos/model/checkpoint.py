@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
