@@ -10,7 +10,7 @@ Method (all thresholds relative to the canvas, so any size works):
    per frame; components smaller than ``MIN_AREA * min(H, W)**2`` pixels are noise.
 3. A component's colour = nearest palette entry of the median of its strong pixels (those
    within ``1 - CORE_FRACTION`` of the background contrast of their nearest palette colour;
-   the palette is moved by the background's colour shift). A component whose strong pixels
+   the palette is moved by the background's colour shift, clipped to ``MAX_SHIFT``). A component whose strong pixels
    split into two palette colours (two touching objects) is cut in two, each pixel going
    to the colour it is closer to.
 4. Soft coverage ``alpha`` = projection of (pixel - background) onto (object colour -
@@ -67,6 +67,7 @@ SHAPE_WINDOW = 40  # pixels; larger blob windows are downsampled for the shape f
 BLURS = (0.0, 0.5, 0.8, 1.1, 1.4, 1.8)  # Gaussian sigmas (pixels) tried for shape templates
 STILL_THRESHOLD = 0.1  # fraction of the canvas; world motion travels 0.35
 SIZE_THRESHOLD = float(np.sqrt(SIZE_RADIUS["small"] * SIZE_RADIUS["large"]))
+MAX_SHIFT = 30.0  # largest colour shift (8-bit levels) read off the background
 POSITION_TOLERANCE = 0.05  # fraction of the canvas, for score()
 
 _PALETTE_NAMES = tuple(COLORS)
@@ -114,7 +115,6 @@ class Analysis:
 class _Blob:
     frame: int
     color: str
-    rgb: np.ndarray  # measured object colour
     area: float  # soft area in pixels
     cx: float  # soft centroid in pixels
     cy: float
@@ -177,8 +177,8 @@ def _blobs(
     ids = labels[fg]
     order = np.argsort(ids, kind="stable")
     coords = np.argwhere(fg)[order]
-    uniq, starts, counts = np.unique(ids[order], return_index=True, return_counts=True)
-    parts = []  # (frame, ys, xs, colour name, rgb)
+    _, starts, counts = np.unique(ids[order], return_index=True, return_counts=True)
+    parts = []  # (frame, ys, xs, colour name)
     for start, count in zip(starts, counts, strict=True):
         if count < min_area:
             continue
@@ -205,13 +205,13 @@ def _blobs(
             for k, c in enumerate(cols):
                 sel = which == k
                 if sel.sum() >= min_area:
-                    parts.append((t, ys[sel], xs[sel], _nearest(_PALETTE_NAMES, _PALETTE, c), c))
+                    parts.append((t, ys[sel], xs[sel], _nearest(_PALETTE_NAMES, palette, c)))
         else:
             c = np.median(rgb[core], 0)
-            parts.append((t, ys, xs, _nearest(_PALETTE_NAMES, _PALETTE, c), c))
+            parts.append((t, ys, xs, _nearest(_PALETTE_NAMES, palette, c)))
 
     blobs = []
-    for t, ys, xs, name, c in parts:
+    for t, ys, xs, name in parts:
         top, left = max(ys.min() - PAD, 0), max(xs.min() - PAD, 0)
         bottom, right = min(ys.max() + PAD + 1, height), min(xs.max() + PAD + 1, width)
         own = np.zeros((bottom - top, right - left), bool)
@@ -227,7 +227,7 @@ def _blobs(
             continue
         gy, gx = np.mgrid[top:bottom, left:right] + 0.5
         cx, cy = float((alpha * gx).sum() / area), float((alpha * gy).sum() / area)
-        blobs.append(_Blob(t, name, c, area, cx, cy, alpha, int(top), int(left)))
+        blobs.append(_Blob(t, name, area, cx, cy, alpha, int(top), int(left)))
     return blobs
 
 
@@ -339,7 +339,7 @@ def analyse(frames: np.ndarray) -> Analysis:
     bg = np.median(border.reshape(-1, 3), axis=0)
     names = tuple(BACKGROUNDS)
     background = _nearest(names, np.array([BACKGROUNDS[n] for n in names], np.float32), bg)
-    shift = bg - np.array(BACKGROUNDS[background], np.float32)
+    shift = np.clip(bg - np.array(BACKGROUNDS[background], np.float32), -MAX_SHIFT, MAX_SHIFT)
     dist = np.linalg.norm(f - bg, axis=-1)
     contrast = float(np.linalg.norm(_PALETTE - bg, axis=1).min())
     scale = min(height, width)
