@@ -3,10 +3,10 @@ import shutil
 
 import pytest
 import torch
-from conftest import OFFICIAL
-from helpers import tiny_model
 from safetensors.torch import load_file, save_file
 
+from conftest import OFFICIAL
+from helpers import tiny_model
 from lumos import LumosError, LumosModel
 from lumos.cli.main import main
 
