@@ -16,6 +16,7 @@ from lumos.errors import LumosError
 
 # Module names under lumos.cli, in the order shown by --help.
 COMMANDS = [
+    "generate",
     "info",
     "tokenizer",
     "text_tokenizer",

@@ -1,0 +1,249 @@
+"""The user-facing pipeline: prompt in, RGB frames out (diffusers style).
+
+A pipeline directory holds::
+
+    pipeline.json          defaults (fps, size, frames, steps, guidance, history mask ratio)
+    transformer/           LumosModel checkpoint (ours or official Lumos-1)
+    text_tokenizer/        tokenizer.json
+    visual_tokenizer/      ours (config.json + model.safetensors) or Cosmos (encoder/decoder.jit)
+
+Units: ``height``/``width`` in pixels, ``num_frames`` in RGB frames (1 + 4k for a 4x temporal
+tokenizer; 1 = text-to-image). Frames come back as uint8 ``[B, T, H, W, 3]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lumos.errors import LumosError
+from lumos.generation.generate import GenerationConfig, generate
+from lumos.model.config import LumosConfig
+from lumos.model.transformer import LumosModel
+from lumos.sequence.layout import prompt_text
+from lumos.sequence.vocab import Vocabulary
+from lumos.tokenizers.text import NUM_INT_TOKENS, TextTokenizer
+from lumos.tokenizers.visual import VisualTokenizer, load_visual_tokenizer
+
+DEFAULT_PIPELINE_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
+
+
+@dataclass
+class PipelineDefaults:
+    """Generation defaults stored in ``pipeline.json``."""
+
+    fps: int = 4
+    height: int = 64
+    width: int = 64
+    num_frames: int = 9
+    num_inference_steps: int = 16
+    guidance_scale: float = 3.0
+    history_mask_ratio: float = 0.7
+
+    @classmethod
+    def load(cls, path: Path) -> PipelineDefaults:
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class PipelineOutput:
+    frames: np.ndarray  # uint8 [B, T, H, W, 3]
+    codes: torch.Tensor  # [B, t, h, w] latent codes
+    fps: int
+
+
+class LumosPipeline:
+    def __init__(
+        self,
+        model: LumosModel,
+        text_tokenizer: TextTokenizer,
+        visual_tokenizer: VisualTokenizer,
+        defaults: PipelineDefaults | None = None,
+        label: str = "",
+    ) -> None:
+        self.model = model.eval()
+        self.text_tokenizer = text_tokenizer
+        self.visual_tokenizer = visual_tokenizer.eval()
+        self.defaults = defaults or PipelineDefaults()
+        self.label = label  # e.g. "randomly initialised" for untrained pipelines
+        v = model.vocab
+        if v.codebook_size != visual_tokenizer.codebook_size:
+            raise LumosError(
+                f"the model has {v.codebook_size} visual ids but the visual tokenizer has "
+                f"{visual_tokenizer.codebook_size} codes; they do not belong together"
+            )
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        text_tokenizer: str | Path | None = None,
+        visual_tokenizer: str | Path | None = None,
+        allow_torchscript: bool = False,
+    ) -> LumosPipeline:
+        """Load a pipeline directory (None = the model shipped with lumos), or a bare model
+        checkpoint directory together with ``text_tokenizer``/``visual_tokenizer`` paths."""
+        root = Path(path) if path is not None else DEFAULT_PIPELINE_DIR
+        if not root.exists():
+            raise LumosError(f"checkpoint path {root} does not exist")
+        model_dir = root / "transformer" if (root / "transformer").is_dir() else root
+        if path is None and not (model_dir / "config.json").is_file():
+            raise LumosError(
+                "no trained default model is shipped in this installation; pass a checkpoint "
+                "path, or use LumosPipeline.random_init() for an untrained model"
+            )
+        text_path = Path(text_tokenizer) if text_tokenizer else root / "text_tokenizer"
+        visual_path = Path(visual_tokenizer) if visual_tokenizer else root / "visual_tokenizer"
+        if not text_path.exists():
+            raise LumosError(f"text tokenizer {text_path} not found; pass --text-tokenizer")
+        if not visual_path.exists():
+            raise LumosError(f"visual tokenizer {visual_path} not found; pass --visual-tokenizer")
+        return cls(
+            LumosModel.from_pretrained(model_dir),
+            TextTokenizer.from_file(text_path),
+            load_visual_tokenizer(visual_path, allow_torchscript=allow_torchscript),
+            PipelineDefaults.load(root / "pipeline.json"),
+        )
+
+    @classmethod
+    def random_init(cls, seed: int = 0) -> LumosPipeline:
+        """An UNTRAINED pipeline: a randomly initialised tiny transformer with the shipped
+        tokenizers (or an untrained visual tokenizer when none is shipped). Output is noise;
+        useful to try the machinery before a trained model exists."""
+        from lumos.tokenizers.causal_video import CausalVideoTokenizer
+
+        torch.manual_seed(seed)
+        text = TextTokenizer.from_file(DEFAULT_PIPELINE_DIR / "text_tokenizer")
+        visual_dir = DEFAULT_PIPELINE_DIR / "visual_tokenizer"
+        visual = (
+            load_visual_tokenizer(visual_dir) if visual_dir.is_dir() else CausalVideoTokenizer()
+        )
+        vocab = Vocabulary.from_token_lookup(
+            text.token_to_id, text.vocab_size, visual.codebook_size, NUM_INT_TOKENS
+        )
+        cfg = LumosConfig.tiny(vocabulary=vocab, vocab_size=vocab.size)
+        return cls(LumosModel(cfg), text, visual, label="randomly initialised, untrained")
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.model.save_pretrained(path / "transformer")
+        self.text_tokenizer.save(path / "text_tokenizer")
+        self.visual_tokenizer.save_pretrained(path / "visual_tokenizer")
+        (path / "pipeline.json").write_text(json.dumps(dataclasses.asdict(self.defaults), indent=2))
+
+    # ---- generation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        history_mask_ratio: float | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        image: np.ndarray | torch.Tensor | None = None,
+        temperature: float = 1.0,
+        callback: Callable[[int, int, int, int], None] | None = None,
+    ) -> PipelineOutput:
+        """Generate one video per prompt. ``image`` (uint8 [H, W, 3] or [B, H, W, 3], already
+        at ``height`` x ``width``) makes it image-to-video; ``num_frames=1`` is text-to-image."""
+        d = self.defaults
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise LumosError("the prompt is empty; give a sentence describing the video")
+        num_frames = d.num_frames if num_frames is None else num_frames
+        height = d.height if height is None else height
+        width = d.width if width is None else width
+        t, h, w = self.latent_shape(num_frames, height, width)
+        fps, duration = (1, 1) if num_frames == 1 else (d.fps, max(1, (num_frames - 1) // d.fps))
+        text_ids = [
+            self.text_tokenizer.encode(prompt_text(p, width, height, fps, duration))
+            for p in prompts
+        ]
+        given = None
+        if image is not None:
+            given = self.encode_image(image, len(prompts), height, width)
+            if t < 2:
+                raise LumosError("image-to-video needs num_frames > 1 (e.g. 9)")
+        config = GenerationConfig(
+            num_steps=d.num_inference_steps if num_inference_steps is None else num_inference_steps,
+            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
+            history_mask_ratio=(
+                d.history_mask_ratio if history_mask_ratio is None else history_mask_ratio
+            ),
+            temperature=temperature,
+        )
+        out = generate(
+            self.model,
+            text_ids,
+            t,
+            h,
+            w,
+            duration=duration,
+            fps=fps,
+            given_frames=given,
+            config=config,
+            generator=generator,
+            callback=callback,
+        )
+        video = self.visual_tokenizer.decode(out.codes)  # [B, 3, T, H, W] in [-1, 1]
+        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return PipelineOutput(frames.permute(0, 2, 3, 4, 1).numpy(), out.codes, fps)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Latent (t, h, w) for a request, with errors that list the allowed values."""
+        tc = self.visual_tokenizer.temporal_compression
+        sc = self.visual_tokenizer.spatial_compression
+        if num_frames < 1 or (num_frames - 1) % tc:
+            allowed = ", ".join(str(1 + tc * k) for k in range(5))
+            raise LumosError(f"num_frames must be 1 + {tc}k ({allowed}, ...); got {num_frames}")
+        for name, value in (("height", height), ("width", width)):
+            if value < sc or value % sc:
+                raise LumosError(f"{name} must be a positive multiple of {sc} pixels; got {value}")
+        return 1 + (num_frames - 1) // tc, height // sc, width // sc
+
+    def encode_image(
+        self, image: np.ndarray | torch.Tensor, batch: int, height: int, width: int
+    ) -> torch.Tensor:
+        """First-frame codes [B, 1, h, w] from uint8 RGB [H, W, 3] or [B, H, W, 3]."""
+        x = torch.as_tensor(np.asarray(image))
+        if x.dim() == 3:
+            x = x[None].expand(batch, -1, -1, -1)
+        if x.dim() != 4 or x.shape[-1] != 3 or x.shape[0] != batch:
+            raise LumosError(f"image must be uint8 RGB [H, W, 3]; got shape {tuple(x.shape)}")
+        if tuple(x.shape[1:3]) != (height, width):
+            raise LumosError(
+                f"image is {x.shape[2]}x{x.shape[1]} pixels but the video is {width}x{height}; "
+                "resize it first (lumos.data.video_io.resize_crop)"
+            )
+        video = x.permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1.0  # [B, 3, 1, H, W]
+        return self.visual_tokenizer.encode(video)
+
+
+def save_frames(frames: np.ndarray, path: str | Path, fps: int) -> Path:
+    """Write one generated video (uint8 [T, H, W, 3]) to ``.mp4``, ``.gif`` or ``.png``.
+
+    A ``.png`` of several frames is one image with the frames side by side. Writes are atomic.
+    """
+    from lumos.data.video_io import write_video
+
+    path = Path(path)
+    if path.suffix.lower() not in (".mp4", ".gif", ".png"):
+        raise LumosError(f"unsupported output format {path.suffix!r}; use .mp4, .gif or .png")
+    if path.suffix.lower() == ".png" and len(frames) > 1:
+        frames = np.concatenate(list(frames), axis=1)
+    write_video(path, frames, fps)
+    return path
