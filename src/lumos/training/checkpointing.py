@@ -4,7 +4,7 @@ Layout of ``<output>/checkpoints/step-00001000/``:
 
 * ``state/``: model and optimiser state in ``torch.distributed.checkpoint`` format (each process
   writes its own shards, so FSDP never gathers the full model to save);
-* ``trainer.pt``: step, LR scheduler, config (written by rank 0);
+* ``trainer.pt``: step (the LR schedule is a function of it) and config (written by rank 0);
 * ``rank-00000.pt`` ...: per process RNG states (torch, CUDA, Python, NumPy) and data positions.
 
 A checkpoint is written to ``.tmp-step-.../`` and renamed when every process has finished, so a

@@ -67,7 +67,7 @@ class DataConfig:
     text_tokens: tuple[int, int] = (8, 32)  # synthetic prompt length range (inclusive)
     image_shards: str | None = None
     video_shards: str | None = None
-    validation_batches: int = 2  # per kind, per process
+    validation_batches: int = 4  # micro-batches per kind, in total over all processes
 
     def __post_init__(self) -> None:
         self.image_size, self.video_size = tuple(self.image_size), tuple(self.video_size)

@@ -209,9 +209,6 @@ class Trainer:
             betas=cfg.optim.betas,
             eps=cfg.optim.eps,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg)
-        )
         self.sources = sources or make_sources(cfg, self.vocab, self.ctx, "train")
         self.val_sources = val_sources or make_sources(cfg, self.vocab, self.ctx, "val")
         self.step = 0
@@ -222,7 +219,6 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------
     def restore(self, path: Path) -> None:
         trainer, rank = load_checkpoint(path, self.module, self.optimizer, self.ctx)
-        self.scheduler.load_state_dict(trainer["scheduler"])
         self.step = int(trainer["step"])
         for kind, state in rank["sources"].items():
             self.sources[kind].load_state_dict(state)
@@ -239,7 +235,6 @@ class Trainer:
             self.optimizer,
             {
                 "step": self.step,
-                "scheduler": self.scheduler.state_dict(),
                 "config": self.cfg.to_dict(),
             },
             {
@@ -332,9 +327,10 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = cfg.optim.lr * lr_factor(self.step, cfg)  # a function of the step: no state
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         ctx.all_reduce(stats)
         return {
@@ -379,8 +375,10 @@ class Trainer:
             source.load_state_dict({"count": 0})  # the same batches every time
             stats = torch.zeros(2 * MAX_FRAMES + 2, device=ctx.device)
             count = 0
-            for i in range(cfg.data.validation_batches):
-                seed = sample_seed(cfg.seed, 1, KINDS.index(kind), ctx.rank, i)
+            # Global validation micro-batch c*W + rank, for the c that keep it below the total.
+            for c in range(len(range(ctx.rank, cfg.data.validation_batches, ctx.world_size))):
+                index = c * ctx.world_size + ctx.rank
+                seed = sample_seed(cfg.seed, 1, KINDS.index(kind), index)
                 batch = collate(
                     next(source), self.vocab, cfg.masking, torch.Generator().manual_seed(seed)
                 )
