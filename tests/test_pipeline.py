@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+import torch
+
+from lumos import LumosError
+from lumos.cli.main import main
+from lumos.generation.pipeline import LumosPipeline, save_frames
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return LumosPipeline.random_init(seed=0)
+
+
+def test_text_to_video_image_and_i2v_shapes(pipe):
+    out = pipe(
+        "a red circle moves left",
+        num_frames=9,
+        height=64,
+        width=48,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.frames.shape == (1, 9, 64, 48, 3) and out.frames.dtype == np.uint8
+    assert out.codes.shape == (1, 3, 8, 6)
+    img = pipe("a red circle", num_frames=1, num_inference_steps=2)
+    assert img.frames.shape == (1, 1, 64, 64, 3) and img.fps == 1
+    i2v = pipe("a red circle moves up", image=img.frames[0, 0], num_inference_steps=2)
+    assert i2v.frames.shape == (1, 9, 64, 64, 3)
+    first = pipe.encode_image(img.frames[0, 0], 1, 64, 64)
+    assert torch.equal(i2v.codes[:, :1], first)
+
+
+def test_batch_equals_single_prompts(pipe):
+    prompts = ["a red circle moves left", "a small blue star moves down on a grey background"]
+    kw = dict(num_frames=5, num_inference_steps=3)
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(2)]
+    batch = pipe(prompts, generator=gens, **kw)
+    for i, p in enumerate(prompts):
+        single = pipe(p, generator=torch.Generator().manual_seed(10 + i), **kw)
+        assert torch.equal(batch.codes[i], single.codes[0])
+        # the decoder's batched convolutions may round a pixel differently
+        diff = np.abs(batch.frames[i].astype(int) - single.frames[0].astype(int))
+        assert diff.max() <= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt": " "}, "empty"),
+        ({"prompt": "x", "num_frames": 4}, r"1 \+ 4k"),
+        ({"prompt": "x", "height": 60}, "multiple of 8"),
+        ({"prompt": "x", "image": np.zeros((32, 32, 3), np.uint8)}, "resize"),
+        ({"prompt": "x", "num_inference_steps": 0}, "num_steps"),
+        ({"prompt": "x", "history_mask_ratio": 1.5}, "history_mask_ratio"),
+    ],
+)
+def test_bad_requests(pipe, kwargs, message):
+    with pytest.raises(LumosError, match=message):
+        pipe(**kwargs)
+
+
+def test_save_frames_formats(tmp_path):
+    frames = np.random.randint(0, 255, (5, 16, 24, 3), np.uint8)
+    assert save_frames(frames, tmp_path / "a.png", 4).is_file()
+    assert save_frames(frames, tmp_path / "a.gif", 4).is_file()
+    with pytest.raises(LumosError, match="format"):
+        save_frames(frames, tmp_path / "a.avi", 4)
+
+
+def test_cli_generate_writes_files_and_rejects_bad_input(tmp_path, capsys):
+    out = tmp_path / "v.gif"
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle moves left",
+                "--random-init",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.is_file() and str(out) in capsys.readouterr().out
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square moves up\n")
+    assert (
+        main(
+            [
+                "generate",
+                "--prompts-file",
+                str(prompts),
+                "--random-init",
+                "--steps",
+                "1",
+                "--t2i",
+                "--out",
+                str(tmp_path / "batch"),
+                "--format",
+                "png",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == [
+        "000_a_red_circle.png",
+        "001_a_blue_square_moves_up.png",
+    ]
+    capsys.readouterr()
+    bad = [
+        ["generate", "", "--random-init"],
+        ["generate", "x", "--random-init", "--frames", "6", "--out", str(tmp_path / "bad.mp4")],
+        ["generate", "x", "--random-init", "--image", str(tmp_path / "missing.png")],
+        ["generate", "x", "--checkpoint", str(tmp_path / "nope")],
+    ]
+    for argv in bad:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("lumos generate: error:")
+    assert not (tmp_path / "bad.mp4").exists()
