@@ -94,8 +94,8 @@ class WorldObject:
     x: float
     y: float
 
-    def position(self, t: float) -> tuple[float, float]:
-        """Centre (x, y) in canvas fractions at clip time ``t`` in [0, 1]."""
+    def position(self, t: float | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
+        """Centre (x, y) in canvas fractions at clip time ``t`` in [0, 1] (scalar or array)."""
         dx, dy = MOTION_VECTORS[self.motion]
         return self.x + dx * TRAVEL * t, self.y + dy * TRAVEL * t
 
