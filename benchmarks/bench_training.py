@@ -3,13 +3,20 @@
 Setting: hidden 256, 4 layers, 4 heads (head_dim 64), intermediate 688, official vocabulary
 (129,536), fp32 on CPU, batch 1, AdamW steps; a video of 16 x 28 latent tokens per frame
 (468 tokens per latent frame) with as many frames as fit the target length; tube masks,
-min rate 0.7, loss chunk 4096. Each (attention, length) runs in its own process with
+min rate 0.7, loss chunk 1024.
+
+Part 1, full training steps: each (attention, length) runs in its own process with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so the resident set follows live tensors. Reported memory:
-``activation`` = peak RSS during the timed steps minus RSS before them (weights, gradients and
-AdamW state are already allocated by the warm-up step), i.e. what grows with the length.
+``act MB`` = peak RSS during the timed steps minus RSS before them (weights, gradients and
+AdamW state are already allocated by the warm-up step), i.e. what grows with the length; it
+includes a length-independent part (vocabulary-sized gradient buffers, one logits chunk).
+
+Part 2, attention paths only: forward + backward of the decoder stack (``model.hidden``, no
+head) with the dense mask and with the split-per-frame runs, alternated in one process, best of
+``--repeats``, so machine load affects both alike.
 
     python benchmarks/bench_training.py [--lengths 1024 2048 4096 8192] [--attention split dense]
-        [--steps 2] [--threads 2] [--checkpointing]
+        [--steps 2] [--threads 2] [--repeats 3] [--checkpointing] [--skip-steps]
 """
 
 from __future__ import annotations
@@ -32,14 +39,13 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_one(length: int, attention: str, steps: int, threads: int, checkpointing: bool) -> dict:
+def build(length: int):
+    """The benchmark model and one video sequence of about ``length`` tokens."""
     from lumos.model.config import LumosConfig
     from lumos.model.transformer import LumosModel
     from lumos.sequence.layout import build_sequence, tokens_per_frame
     from lumos.sequence.vocab import Vocabulary
-    from lumos.training.objective import ARDFObjective, MaskingConfig, collate
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     vocab = Vocabulary.official()
     cfg = LumosConfig(
@@ -51,15 +57,21 @@ def run_one(length: int, attention: str, steps: int, threads: int, checkpointing
         num_key_value_heads=4,
         max_position_embeddings=16384,
     )
-    model = LumosModel(cfg).train()
-    model.gradient_checkpointing = checkpointing
-    objective = ARDFObjective(model, chunk_size=4096, attention=attention)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-
     text = list(range(100, 130))
     frames = max(1, (length - len(text) - 8) // tokens_per_frame(H, W))
     codes = torch.randint(0, vocab.codebook_size, (frames, H, W))
     seq = build_sequence(vocab, text, codes, duration=2, fps=max(1, frames))
+    return LumosModel(cfg).train(), vocab, seq, frames
+
+
+def run_one(length: int, attention: str, steps: int, threads: int, checkpointing: bool) -> dict:
+    from lumos.training.objective import ARDFObjective, MaskingConfig, collate
+
+    torch.set_num_threads(threads)
+    model, vocab, seq, frames = build(length)
+    model.gradient_checkpointing = checkpointing
+    objective = ARDFObjective(model, chunk_size=1024, attention=attention)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     masking = MaskingConfig(text_drop=0.0)
     gen = torch.Generator().manual_seed(0)
 
@@ -89,13 +101,44 @@ def run_one(length: int, attention: str, steps: int, threads: int, checkpointing
     }
 
 
+def attention_paths(lengths: list[int], repeats: int, threads: int) -> None:
+    """Part 2: decoder-stack forward + backward, dense mask vs split runs, alternated."""
+    from lumos.training.attention import FrameSplitMask
+    from lumos.training.objective import MaskingConfig, collate
+
+    torch.set_num_threads(threads)
+    print(f"{'tokens':>6} {'dense s':>8} {'split s':>8} {'speed-up':>8}")
+    for length in lengths:
+        model, vocab, seq, _ = build(length)
+        batch = collate([seq], vocab, MaskingConfig(text_drop=0.0), torch.Generator())
+        valid = batch.attention_mask.bool()
+        positions, s = model.positions(batch.targets, valid)
+        best = {"dense": float("inf"), "split": float("inf")}
+        for _ in range(repeats):
+            for name in best:
+                start = time.perf_counter()
+                mask = (
+                    model.attention_mask(s, valid) if name == "dense" else FrameSplitMask(s, valid)
+                )
+                h, _ = model.hidden(batch.input_ids, positions, mask)
+                h.sum().backward()
+                best[name] = min(best[name], time.perf_counter() - start)
+                model.zero_grad(set_to_none=True)
+        speedup = best["dense"] / best["split"]
+        print(
+            f"{len(seq):>6} {best['dense']:>8.2f} {best['split']:>8.2f} {speedup:>8.2f}", flush=True
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--attention", nargs="+", default=["split", "dense"])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--skip-steps", action="store_true", help="only run part 2")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -107,6 +150,14 @@ def main() -> None:
         )
         return
 
+    if not args.skip_steps:
+        training_steps(args)
+    print(f"\nattention paths: decoder stack forward + backward, best of {args.repeats}")
+    attention_paths(args.lengths, args.repeats, args.threads)
+
+
+def training_steps(args: argparse.Namespace) -> None:
+    """Part 1: one process per (attention, length)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     rows = []
     for attention in args.attention:
@@ -135,7 +186,7 @@ def main() -> None:
         f"torch {torch.__version__}, {args.threads} threads, activation checkpointing {args.checkpointing}"
     )
     print(
-        f"{'attention':>9} {'tokens':>6} {'frames':>6} {'tok/s':>8} {'step s':>7} {'act MB':>8} {'x len':>6} {'x mem':>6} {'static MB':>9}"
+        f"{'attention':>9} {'tokens':>6} {'frames':>6} {'tok/s':>8} {'step s':>7} {'act MB':>8} {'x len':>6} {'x mem':>6} {'dMB/1k':>7} {'static MB':>9}"
     )
     for attention in args.attention:
         mine = [r for r in rows if r["attention"] == attention]
@@ -146,8 +197,17 @@ def main() -> None:
                 f"{r['step_s']:>7.2f} {r['activation_bytes'] / 2**20:>8.0f} "
                 f"{r['length'] / base['length']:>6.2f} "
                 f"{r['activation_bytes'] / max(base['activation_bytes'], 1):>6.2f} "
+                f"{_slope(r, base):>7} "
                 f"{r['static_bytes'] / 2**20:>9.0f}"
             )
+
+
+def _slope(row: dict, base: dict) -> str:
+    """Activation MB added per 1k tokens relative to the shortest length."""
+    if row is base:
+        return "-"
+    added = (row["activation_bytes"] - base["activation_bytes"]) / 2**20
+    return f"{1000 * added / (row['length'] - base['length']):.0f}"
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -6,20 +7,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from lumos.data import shards as fmt
 from lumos.errors import LumosError
 from lumos.model.transformer import LumosModel
 from lumos.sequence.layout import parse_sequence
+from lumos.sequence.vocab import Vocabulary
 from lumos.training.checkpointing import list_checkpoints
 from lumos.training.config import PRESETS, TrainConfig, load_config
 from lumos.training.llm_init import init_from_llm
-from lumos.training.sources import SyntheticSource, global_micro_batch
-from lumos.training.train import Trainer, lr_factor, step_kind, tiny_vocabulary
-
-REPO = Path(__file__).resolve().parents[1]
+from lumos.training.sources import MixedSource, SyntheticSource, global_micro_batch, step_kind
+from lumos.training.train import Trainer, lr_factor, tiny_vocabulary
 
 # A run small enough for a few seconds on a loaded CPU: 3 latent frames of 2 x 4 tokens.
 TINY = [
@@ -107,6 +109,18 @@ def test_synthetic_source_contract():
     assert all(torch.equal(a, b) for a, b in zip(next(again), first[0], strict=True))
     image = next(SyntheticSource(vocab, "image", (32, 24), 3, 4, (6, 9), 1))[0]
     assert len(parse_sequence(vocab, image).frames) == 1
+    # Mixed: accumulation 2, image ratio 0.5 -> video, video, image, image, ...
+    mixed = MixedSource(
+        {k: SyntheticSource(vocab, k, (32, 32), 2, 4, (6, 9), 1) for k in ("image", "video")},
+        0.5,
+        2,
+    )
+    frames = [len(parse_sequence(vocab, next(mixed)[0]).frames) for _ in range(6)]
+    assert frames == [2, 2, 1, 1, 2, 2]
+    state = mixed.state_dict()
+    after = next(mixed)
+    mixed.load_state_dict(state)
+    assert torch.equal(next(mixed)[0], after[0])
 
 
 def test_training_reduces_loss_and_writes_outputs(tmp_path):
@@ -258,3 +272,71 @@ def test_init_from_llm(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**llm, "vocab_size": 300}))
     with pytest.raises(LumosError, match="visual ids start"):
         init_from_llm(tmp_path, vocab)
+
+
+def write_shards(root: Path, vocab: Vocabulary, sizes: list[int], seed: int) -> None:
+    """Token shards of random images (4 x 8 latent) and 2-frame videos (4 x 4 latent)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    infos, index = [], 0
+    for j, size in enumerate(sizes):
+        rows = []
+        for _ in range(size):
+            image = index % 3 == 0
+            t, h, w = (1, 4, 8) if image else (2, 4, 4)
+            rows.append(
+                fmt.TokenizedSample(
+                    key=f"s{index}",
+                    index=index,
+                    kind="image" if image else "video",
+                    codes=rng.integers(0, vocab.codebook_size, (t, h, w)).astype(np.int32),
+                    text_ids=rng.integers(300, 5000, int(rng.integers(3, 20))).astype(np.int32),
+                    width=8 * w,
+                    height=8 * h,
+                    fps=1 if image else 4,
+                    duration=1 if image else 2,
+                    caption="a caption",
+                    source="test",
+                )
+            )
+            index += 1
+        name = fmt.shard_name(j, len(sizes))
+        fmt.write_shard(root / name, rows, {"fingerprint": "t"})
+        images = sum(r.kind == "image" for r in rows)
+        infos.append({"file": name, "samples": size, "images": images, "videos": size - images})
+    index_data = {
+        "format": fmt.FORMAT,
+        "version": fmt.VERSION,
+        "fingerprint": f"t{seed}",
+        "shards": infos,
+        "vocab": vocab.to_dict(),
+        "visual_tokenizer": {"spatial_compression": 8},
+    }
+    (root / fmt.INDEX_NAME).write_text(json.dumps(index_data))
+
+
+def test_training_on_token_shards_resumes_exactly(tmp_path):
+    vocab = dataclasses.replace(Vocabulary.official(), codebook_size=256)
+    write_shards(tmp_path / "train", vocab, [20, 16], seed=0)
+    write_shards(tmp_path / "val", vocab, [12], seed=1)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab.to_dict()))
+    args = [
+        "data.source=shards",
+        f"data.shards=[{tmp_path / 'train'}]",
+        f"data.validation_shards=[{tmp_path / 'val'}]",
+        "data.validation_batches=2",
+        f"model.vocabulary={tmp_path / 'vocab.json'}",
+        "validate_every=2",
+    ]
+    ref = Trainer(tiny_config(tmp_path / "ref", *args, "steps=4"), resume=False).fit()
+    assert {r["kind"] for r in ref} == {"image", "video"}
+    Trainer(
+        tiny_config(tmp_path / "run", *args, "steps=2", "checkpoint_every=2"), resume=False
+    ).fit()
+    rest = Trainer(tiny_config(tmp_path / "run", *args, "steps=4")).fit()
+    assert [r["loss"] for r in rest] == [r["loss"] for r in ref[2:]]
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "val/video/loss" in m] == [2, 4]
+    # A vocabulary mismatch between data and model is a user error.
+    with pytest.raises(LumosError, match="another vocabulary"):
+        Trainer(tiny_config(tmp_path / "bad", *args[:4], "steps=1"), resume=False)

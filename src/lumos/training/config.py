@@ -55,8 +55,12 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """``image_ratio``: fraction of optimiser steps that use image batches (1 = text-to-image
-    only, 0 = video only); image and video steps alternate evenly. ``synthetic`` renders
-    learnable random sequences in memory; ``shards`` reads ``lumos tokenize`` output."""
+    only, 0 = video only); image and video steps alternate evenly. ``source``: ``synthetic``
+    (learnable random sequences built in memory at ``image_size``/``video_size`` with
+    ``video_frames`` latent frames) or ``shards`` (directories written by ``lumos tokenize``,
+    read by :class:`lumos.data.loader.TokenLoader` with ``window_samples``/``group_batches``;
+    sizes then come from the data). Validation uses ``validation_shards`` for shards (none:
+    no validation) and a held-out synthetic stream otherwise."""
 
     source: str = "synthetic"
     image_ratio: float = 0.5
@@ -65,13 +69,19 @@ class DataConfig:
     video_frames: int = 7
     fps: int = 12
     text_tokens: tuple[int, int] = (8, 32)  # synthetic prompt length range (inclusive)
-    image_shards: str | None = None
-    video_shards: str | None = None
+    shards: list[str] = field(default_factory=list)
+    validation_shards: list[str] = field(default_factory=list)
+    window_samples: int = 2048
+    group_batches: int = 16
     validation_batches: int = 4  # micro-batches per kind, in total over all processes
 
     def __post_init__(self) -> None:
         self.image_size, self.video_size = tuple(self.image_size), tuple(self.video_size)
         self.text_tokens = tuple(self.text_tokens)
+        if isinstance(self.shards, str):
+            self.shards = [self.shards]
+        if isinstance(self.validation_shards, str):
+            self.validation_shards = [self.validation_shards]
         if self.source not in DATA_SOURCES:
             raise LumosError(f"data.source {self.source!r} unknown; choose one of {DATA_SOURCES}")
         if not 0.0 <= self.image_ratio <= 1.0:
@@ -118,12 +128,13 @@ class TrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000
-    micro_batch_size: int = 1
+    micro_batch_size: int = 1  # video sequences per process and micro-step
+    image_micro_batch_size: int | None = None  # image sequences (None: micro_batch_size)
     grad_accumulation: int = 1
     precision: str = "auto"
     parallel: str = "auto"
     attention: str = "split"
-    loss_chunk_size: int = 4096
+    loss_chunk_size: int = 1024  # loss positions per [chunk, codebook] logits block
     seed: int = 0
     output_dir: str = "runs/lumos"
     log_every: int = 1
@@ -306,6 +317,7 @@ def _official(geometry: str, stage: str, size: tuple[int, int]) -> TrainConfig:
         ),
         data=DataConfig(
             source="shards",
+            shards=[f"data/tokens-{size[0]}p"],  # `lumos tokenize` output; override
             image_ratio=1.0 if t2i else 0.5,
             image_size=size,
             video_size=size,

@@ -184,7 +184,7 @@ class _VisualCrossEntropy(torch.autograd.Function):
                 lse = logits.logsumexp(-1)
                 t = target[start:stop]
                 losses[start:stop] = lse - logits.gather(1, t[:, None]).squeeze(1)
-                probs = (logits - lse[:, None]).exp_()
+                probs = logits.sub_(lse[:, None]).exp_()  # in place: one [chunk, V] block
                 probs[torch.arange(stop - start, device=h.device), t] -= 1.0
                 probs = probs.to(dtype)
                 grad_h[start:stop] = probs @ w
@@ -200,7 +200,7 @@ class _VisualCrossEntropy(torch.autograd.Function):
 
 
 def visual_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk_size: int = 4096
+    h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk_size: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of hidden states ``h`` [N, d] under logits ``h @ weight.T`` ([V, d] rows,
     the visual slice of the head), targets ``target`` [N] in ``[0, V)``.
@@ -241,7 +241,7 @@ class ARDFObjective(nn.Module):
     """The model plus its loss, as one module for DDP/FSDP wrapping (their hooks run on
     ``forward``). ``attention``: ``split`` (per-frame runs) or ``dense`` (boolean mask)."""
 
-    def __init__(self, model: LumosModel, chunk_size: int = 4096, attention: str = "split"):
+    def __init__(self, model: LumosModel, chunk_size: int = 1024, attention: str = "split"):
         super().__init__()
         if attention not in ATTENTION_MODES:
             raise LumosError(f"attention {attention!r} unknown; choose one of {ATTENTION_MODES}")
@@ -277,7 +277,7 @@ class ARDFObjective(nn.Module):
 
 
 def ardf_loss(
-    model: LumosModel, batch: Batch, chunk_size: int = 4096, attention: str = "split"
+    model: LumosModel, batch: Batch, chunk_size: int = 1024, attention: str = "split"
 ) -> LossOutput:
     """The AR-DF loss of ``batch`` (on the model's device); ``.loss`` is the batch mean."""
     objective = ARDFObjective(model, chunk_size, attention)

@@ -1,17 +1,21 @@
 """Training data sources: iterators of micro-batches (lists of 1-D token sequences).
 
-The training loop asks each source for this process's next micro-batch and checkpoints the
-source's position through ``state_dict()`` / ``load_state_dict()``. A source is built per kind
-(``image`` or ``video``) and per process; it decides which samples this process sees.
+The training loop takes ``grad_accumulation`` micro-batches per optimiser step from one source
+and checkpoints its position through ``state_dict()`` / ``load_state_dict()``. Optimiser step
+``k`` is an image step iff ``floor((k+1) r) > floor(k r)`` for the image ratio ``r``
+(:func:`step_kind`); all its micro-batches are of that kind. Sources are per process and decide
+which samples the process sees. Two implement this: :class:`lumos.data.loader.TokenLoader`
+(token shards) and :class:`MixedSource` over in-memory :class:`SyntheticSource` streams.
 
-Contract for data-parallel equivalence: micro-batch ``c`` (0-based, counted per process) of
-process ``rank`` holds global micro-batch ``m = (c // A) * (W * A) + rank * A + c % A`` of the
-kind's sample stream (``W`` processes, ``A`` accumulation steps), so one process with
+Data-parallel contract of :class:`SyntheticSource`: micro-batch ``c`` (0-based, counted per
+process) of process ``rank`` holds global micro-batch ``m = (c // A) * (W * A) + rank * A + c % A``
+of the kind's sample stream (``W`` processes, ``A`` accumulation steps), so one process with
 accumulation ``W * A`` sees the same micro-batches in the same order as ``W`` processes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -35,6 +39,13 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+def step_kind(step: int, image_ratio: float) -> str:
+    """``image`` or ``video`` for optimiser step ``step``: images take ``image_ratio`` of the
+    steps, spread evenly (0.5 alternates video, image, video, ...)."""
+    before = math.floor(step * image_ratio + 1e-9)  # image steps among the first ``step``
+    return "image" if math.floor((step + 1) * image_ratio + 1e-9) > before else "video"
 
 
 def global_micro_batch(count: int, rank: int, world_size: int, accumulation: int) -> int:
@@ -133,3 +144,33 @@ class SyntheticSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.count = int(state["count"])
+
+
+class MixedSource:
+    """Image and video micro-batches from per-kind sources, kinds chosen by :func:`step_kind`
+    (``accumulation`` consecutive micro-batches per optimiser step)."""
+
+    def __init__(self, sources: dict[str, BatchSource], image_ratio: float, accumulation: int = 1):
+        needed = {
+            k for k, used in zip(KINDS, (image_ratio > 0, image_ratio < 1), strict=True) if used
+        }
+        if not needed <= set(sources):
+            raise LumosError(f"image ratio {image_ratio} needs sources for {sorted(needed)}")
+        self.sources, self.image_ratio, self.accumulation = sources, image_ratio, accumulation
+        self.count = 0  # micro-batches yielded
+
+    def __iter__(self) -> MixedSource:
+        return self
+
+    def __next__(self) -> list[torch.Tensor]:
+        kind = step_kind(self.count // self.accumulation, self.image_ratio)
+        self.count += 1
+        return next(self.sources[kind])
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, **{k: s.state_dict() for k, s in self.sources.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+        for kind, source in self.sources.items():
+            source.load_state_dict(state[kind])

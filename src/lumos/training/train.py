@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,7 +42,14 @@ from lumos.training.checkpointing import (
 )
 from lumos.training.config import ModelConfig, TrainConfig
 from lumos.training.objective import ARDFObjective, Batch, collate
-from lumos.training.sources import KINDS, BatchSource, SyntheticSource, sample_seed
+from lumos.training.sources import (
+    KINDS,
+    BatchSource,
+    MixedSource,
+    SyntheticSource,
+    sample_seed,
+    step_kind,
+)
 
 MAX_FRAMES = 64  # per-frame statistics are kept for latent frames 0 .. MAX_FRAMES - 1
 
@@ -114,53 +122,72 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def step_kind(step: int, image_ratio: float) -> str:
-    """``image`` or ``video`` for an optimiser step; images take ``image_ratio`` of the steps,
-    spread evenly (0.5 alternates video, image, video, ...)."""
-    return (
-        "image"
-        if math.floor((step + 1) * image_ratio + 1e-9) > math.floor(step * image_ratio + 1e-9)
-        else "video"
-    )
+def check_data(cfg: TrainConfig) -> None:
+    """Fail early (before building a large model) on a data section that cannot work."""
+    if cfg.data.source == "shards" and not cfg.data.shards:
+        raise LumosError("data.source is shards but data.shards is empty; set data.shards=[DIR]")
 
 
-def check_data_source(cfg: TrainConfig) -> None:
-    if cfg.data.source != "synthetic":
-        raise LumosError(
-            "data.source shards: the token-shard loader (lumos.data) is not available yet; "
-            "use data.source=synthetic or pass sources to Trainer"
-        )
+def kinds_used(image_ratio: float) -> list[str]:
+    return [k for k, used in zip(KINDS, (image_ratio > 0, image_ratio < 1), strict=True) if used]
 
 
-def make_sources(
-    cfg: TrainConfig, vocab: Vocabulary, ctx: distributed.DistContext, split: str
-) -> dict[str, BatchSource]:
-    """One source per kind used by the config (``synthetic``; token shards are not wired yet)."""
-    data = cfg.data
-    check_data_source(cfg)
-    kinds = [
-        k
-        for k, used in zip(KINDS, (data.image_ratio > 0, data.image_ratio < 1), strict=True)
-        if used
-    ]
-    accumulation = cfg.grad_accumulation if split == "train" else 1
-    return {
-        kind: SyntheticSource(
+def make_source(
+    cfg: TrainConfig, vocab: Vocabulary, ctx: distributed.DistContext, split: str = "train"
+) -> BatchSource | dict[str, BatchSource]:
+    """The training source (``split="train"``) or the validation sources per kind (``"val"``,
+    empty when there is no validation data)."""
+    data, train = cfg.data, split == "train"
+    image_batch = cfg.image_micro_batch_size or cfg.micro_batch_size
+    if data.source == "shards":
+        from lumos.data.loader import TokenLoader
+
+        paths = data.shards if train else data.validation_shards
+        if not paths:
+            return {}
+
+        def loader(image_ratio: float) -> TokenLoader:
+            source = TokenLoader(
+                paths,
+                cfg.micro_batch_size,
+                image_batch_size=image_batch,
+                image_ratio=image_ratio,
+                seed=cfg.seed,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                grad_accumulation=cfg.grad_accumulation if train else 1,
+                window_samples=data.window_samples,
+                group_batches=data.group_batches,
+            )
+            if source.vocab != vocab:
+                raise LumosError(
+                    f"token data {paths[0]} was tokenised with another vocabulary than the "
+                    "model's; tokenise with the model's tokenizers or pick the matching model"
+                )
+            return source
+
+        if train:
+            return loader(data.image_ratio)
+        return {kind: loader(float(kind == "image")) for kind in kinds_used(data.image_ratio)}
+
+    def synthetic(kind: str) -> SyntheticSource:
+        return SyntheticSource(
             vocab,
             kind,
             data.image_size if kind == "image" else data.video_size,
             data.video_frames,
             data.fps,
             data.text_tokens,
-            cfg.micro_batch_size,
+            image_batch if kind == "image" else cfg.micro_batch_size,
             seed=cfg.seed,
             split=split,
             rank=ctx.rank,
             world_size=ctx.world_size,
-            accumulation=accumulation,
+            accumulation=cfg.grad_accumulation if train else 1,
         )
-        for kind in kinds
-    }
+
+    sources = {kind: synthetic(kind) for kind in kinds_used(data.image_ratio)}
+    return MixedSource(sources, data.image_ratio, cfg.grad_accumulation) if train else sources
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -174,14 +201,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`.
 
-    ``sources`` / ``val_sources`` (kind -> :class:`BatchSource`) replace the configured data.
+    ``source`` (a :class:`BatchSource` yielding this process's micro-batches, kinds following
+    :func:`step_kind`) replaces the configured training data; ``validation_sources`` (a callable
+    returning fresh per-kind sources) the validation data.
     """
 
     def __init__(
         self,
         cfg: TrainConfig,
-        sources: dict[str, BatchSource] | None = None,
-        val_sources: dict[str, BatchSource] | None = None,
+        source: BatchSource | None = None,
+        validation_sources: Callable[[], dict[str, BatchSource]] | None = None,
         resume: bool = True,
     ) -> None:
         self.cfg = cfg
@@ -191,8 +220,8 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.dtype = distributed.resolve_precision(cfg.precision, self.ctx.device)
         self.parallel = distributed.resolve_parallel(cfg.parallel, self.ctx)
-        if sources is None:
-            check_data_source(cfg)
+        if source is None:
+            check_data(cfg)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         model = build_model(cfg.model)
@@ -209,8 +238,10 @@ class Trainer:
             betas=cfg.optim.betas,
             eps=cfg.optim.eps,
         )
-        self.sources = sources or make_sources(cfg, self.vocab, self.ctx, "train")
-        self.val_sources = val_sources or make_sources(cfg, self.vocab, self.ctx, "val")
+        self.source = source or make_source(cfg, self.vocab, self.ctx, "train")
+        self.validation_sources = validation_sources or (
+            lambda: make_source(cfg, self.vocab, self.ctx, "val")
+        )
         self.step = 0
         self.writer = None
         if resume and (last := latest_checkpoint(self.out / "checkpoints")):
@@ -220,8 +251,7 @@ class Trainer:
     def restore(self, path: Path) -> None:
         trainer, rank = load_checkpoint(path, self.module, self.optimizer, self.ctx)
         self.step = int(trainer["step"])
-        for kind, state in rank["sources"].items():
-            self.sources[kind].load_state_dict(state)
+        self.source.load_state_dict(rank["source"])
         set_rng_state(rank["rng"], self.ctx.device)
         if self.ctx.is_main:
             self.log(f"resumed from {path} at step {self.step}")
@@ -238,7 +268,7 @@ class Trainer:
                 "config": self.cfg.to_dict(),
             },
             {
-                "sources": {k: s.state_dict() for k, s in self.sources.items()},
+                "source": self.source.state_dict(),
                 "rng": rng_state(self.ctx.device),
             },
             self.ctx,
@@ -284,22 +314,27 @@ class Trainer:
 
                 self.writer = SummaryWriter(self.out / "tensorboard", purge_step=self.step)
             for key, value in row.items():
+                # Training losses per kind (image steps have one frame); the rest as named.
+                if key in ("loss", "frame_loss"):
+                    key = f"train/{row['kind']}/{key}"
+                elif not key.startswith("val/"):
+                    key = f"train/{key}"
                 if isinstance(value, list):
                     for f, v in enumerate(value):
                         if v is not None:
                             self.writer.add_scalar(f"{key}/frame_{f}", v, row["step"])
-                elif isinstance(value, (int, float)) and key != "step":
+                elif isinstance(value, (int, float)) and key != "train/step":
                     self.writer.add_scalar(key, value, row["step"])
 
     # ---- steps -------------------------------------------------------------------------
-    def batches(self, kind: str, step: int) -> list[Batch]:
+    def batches(self, step: int) -> list[Batch]:
         """This process's micro-batches for ``step``, masks seeded by their global index."""
         cfg, ctx = self.cfg, self.ctx
         out = []
         for a in range(cfg.grad_accumulation):
             index = ctx.rank * cfg.grad_accumulation + a
             gen = torch.Generator().manual_seed(sample_seed(cfg.seed, 0, step, index))
-            out.append(collate(next(self.sources[kind]), self.vocab, cfg.masking, gen))
+            out.append(collate(next(self.source), self.vocab, cfg.masking, gen))
         return out
 
     def forward(self, batch: Batch):
@@ -312,7 +347,7 @@ class Trainer:
     def train_step(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
         kind = step_kind(self.step, cfg.data.image_ratio)
-        batches = self.batches(kind, self.step)
+        batches = self.batches(self.step)
         count = ctx.all_reduce(
             torch.tensor([float(sum(b.num_loss_tokens for b in batches))], device=ctx.device)
         )
@@ -371,8 +406,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         self.module.eval()
         result = {}
-        for kind, source in self.val_sources.items():
-            source.load_state_dict({"count": 0})  # the same batches every time
+        for kind, source in self.validation_sources().items():  # fresh: the same batches
             stats = torch.zeros(2 * MAX_FRAMES + 2, device=ctx.device)
             count = 0
             # Global validation micro-batch c*W + rank, for the c that keep it below the total.
@@ -428,10 +462,7 @@ class Trainer:
             if cfg.validate_every and self.step % cfg.validate_every == 0:
                 val = self.validate()
                 self.record({"step": self.step, **val})
-                self.log(
-                    f"step {self.step}: "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if k.endswith("/loss"))
-                )
+                self.log(f"step {self.step}: " + format_validation(val))
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save()
         bar.close()
@@ -439,6 +470,19 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         return rows
+
+
+def format_validation(val: dict) -> str:
+    """``val image 2.98 | val video 2.97 (per frame 3.01 2.95 2.94)``."""
+    parts = []
+    for kind in KINDS:
+        if f"val/{kind}/loss" in val:
+            text = f"val {kind} {val[f'val/{kind}/loss']:.4f}"
+            frames = val[f"val/{kind}/frame_loss"]
+            if len(frames) > 1:
+                text += " (per frame " + " ".join(f"{v:.3f}" for v in frames if v is not None) + ")"
+            parts.append(text)
+    return " | ".join(parts)
 
 
 def train(cfg: TrainConfig, resume: bool = True) -> list[dict]:
