@@ -17,6 +17,7 @@ from lumos.errors import LumosError
 # Module names under lumos.cli, in the order shown by --help.
 COMMANDS = [
     "generate",
+    "eval",
     "info",
     "tokenizer",
     "text_tokenizer",
