@@ -76,7 +76,9 @@ def test_resume_is_exact(tmp_path):
     torch.manual_seed(0)
     straight = train_tokenizer(tmp_path / "a", settings(), TINY, progress=False)
     torch.manual_seed(0)
-    train_tokenizer(tmp_path / "b", settings(steps=2), TINY, progress=False)
+    train_tokenizer(tmp_path / "b", settings(), TINY, progress=False, stop_after=2)
+    with (tmp_path / "b" / "train_log.jsonl").open("a") as f:  # a step logged after the
+        f.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")  # checkpoint, then a crash
     torch.manual_seed(123)  # resuming must not depend on the global RNG
     resumed = train_tokenizer(tmp_path / "b", settings(steps=4), resume=True, progress=False)
     for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):

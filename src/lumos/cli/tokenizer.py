@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="4 for video tokenizers, 1 for image-only ones",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop (with a checkpoint) after this many steps; --steps still sets the schedule",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=run_train)
 
@@ -140,7 +146,7 @@ def run_train(args: argparse.Namespace) -> int:
         refine_channels=args.refine_channels,
         refine_features=args.refine_features,
     )
-    train_tokenizer(args.out, settings, config, resume=args.resume)
+    train_tokenizer(args.out, settings, config, resume=args.resume, stop_after=args.stop_after)
     print(f"saved tokenizer to {args.out}")
     return 0
 

@@ -56,7 +56,7 @@ class CausalVideoTokenizerConfig:
     extra decoder channels per pixel (0 disables it).
     """
 
-    levels: list[int] = field(default_factory=lambda: [8, 8, 8, 5])
+    levels: list[int] = field(default_factory=lambda: [7, 5, 5, 5, 5])
     temporal_compression: int = 4
     spatial_compression: int = 8
     patch_size: int = 4
@@ -238,12 +238,8 @@ class CausalVideoTokenizer(VisualTokenizer):
     def reconstruct(self, codes: torch.Tensor) -> torch.Tensor:
         """FSQ codes [B, D, t, h, w] -> RGB [B, 3, 1 + tc(t-1), H, W] (not clamped)."""
         x = self.decoder(codes)
-        x = unpatchify(
-            x,
-            self.temporal_compression,
-            self.config.patch_size,
-            x.shape[1] // (self.temporal_compression * self.config.patch_size**2),
-        )
+        tc, p = self.temporal_compression, self.config.patch_size
+        x = unpatchify(x, tc, p, channels=self.decoder.out_channels)
         return x if self.refiner is None else self.refiner(x)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

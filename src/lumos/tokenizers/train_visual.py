@@ -54,7 +54,7 @@ class TrainSettings:
     """Optimisation and data settings of a tokenizer training run (pixels and RGB frames)."""
 
     steps: int = 6000
-    batch_size: int = 8
+    batch_size: int = 4
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 200
@@ -208,11 +208,14 @@ def train_tokenizer(
     config: CausalVideoTokenizerConfig | None = None,
     resume: bool = False,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> CausalVideoTokenizer:
     """Train (or resume) a tokenizer into ``out``; returns the trained model.
 
     On resume the model config and data settings come from the checkpoint; ``settings.steps``
-    may be raised to train further. Checkpoints every ``checkpoint_every`` steps and at the end.
+    (the length of the learning-rate schedule) may be raised to train further.
+    ``stop_after`` ends the run early after that many steps (with a checkpoint), without
+    changing the schedule. Checkpoints every ``checkpoint_every`` steps and at the end.
     """
     out = Path(out)
     s = settings
@@ -240,8 +243,13 @@ def train_tokenizer(
         opt.load_state_dict(state["optimizer"])
     out.mkdir(parents=True, exist_ok=True)
     data = ClipStream(s)
-    log = (out / LOG_NAME).open("a")
-    bar = tqdm(range(start, s.steps), initial=start, total=s.steps, disable=not progress)
+    log_path = out / LOG_NAME
+    if resume and log_path.exists():  # drop records written after the checkpoint
+        lines = log_path.read_text().splitlines()
+        log_path.write_text("".join(f"{x}\n" for x in lines if json.loads(x)["step"] <= start))
+    log = log_path.open("a")
+    end = s.steps if stop_after is None else min(s.steps, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=s.steps, disable=not progress)
     t0 = time.time() - seconds
     for step in bar:
         for group in opt.param_groups:
@@ -257,18 +265,18 @@ def train_tokenizer(
         step_psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-12))  # RGB range [-1, 1] -> 2
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{step_psnr:.2f}")
         done = step + 1
-        if done % s.log_every == 0 or done == s.steps:
+        if done % s.log_every == 0 or done == end:
             record = {
                 "step": done,
                 "loss": round(loss.item(), 6),
                 "psnr": round(step_psnr, 3),
                 "lr": _lr_at(step, s),
                 "frames": video.shape[2],
-                "seconds": round(time.time() - t0, 1),
+                "seconds": round(time.time() - t0, 1),  # cumulative over resumes
             }
             log.write(json.dumps(record) + "\n")
             log.flush()
-        if done % s.checkpoint_every == 0 or done == s.steps:
+        if done % s.checkpoint_every == 0 or done == end:
             save_checkpoint(out, model, opt, done, time.time() - t0, s)
     log.close()
     return model.eval()
