@@ -1,12 +1,10 @@
-import argparse
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from lumos.cli import tokenizer as tokenizer_cli
+from lumos.cli.main import main
 from lumos.errors import LumosError
 from lumos.tokenizers.causal_video import CausalVideoTokenizer, CausalVideoTokenizerConfig
 from lumos.tokenizers.train_visual import (
@@ -130,18 +128,6 @@ def test_evaluate_reports_metrics(tmp_path):
     assert 0 <= result["analyser_accuracy"] <= 1
     assert set(result["analyser"]) >= {"color", "shape", "all"}
     json.dumps(result)
-
-
-def main(argv: list[str]) -> int:
-    """Run one of this module's subcommands like lumos.cli.main does (LumosError -> 2)."""
-    parser = argparse.ArgumentParser()
-    tokenizer_cli.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except LumosError as err:
-        print(err, file=sys.stderr)
-        return 2
 
 
 def test_cli_train_and_eval(tmp_path, capsys):
