@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from lumos.errors import LumosError
 from lumos.tokenizers.causal_video import CausalVideoTokenizer, CausalVideoTokenizerConfig
 from lumos.tokenizers.train_visual import (
     CHECKPOINT_DIR,
+    ClipStream,
     TrainSettings,
     evaluate_tokenizer,
     psnr,
@@ -181,3 +183,14 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert "PSNR" in capsys.readouterr().out
     assert main(["eval-tokenizer", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_color_augmentation_permutes_channels():
+    plain = ClipStream(settings(color_augment_from=10**9, batch_size=6))
+    augmented = ClipStream(settings(color_augment_from=3, batch_size=6))
+    assert torch.equal(plain.batch(2), augmented.batch(2))  # before color_augment_from
+    a, b = plain.batch(7), augmented.batch(7)
+    assert torch.equal(b, augmented.batch(7))  # a pure function of the step
+    assert not torch.equal(a, b)
+    for x, y in zip(a, b, strict=True):  # each clip: the same channels, reordered
+        assert any(torch.equal(x[list(p)], y) for p in itertools.permutations(range(3)))

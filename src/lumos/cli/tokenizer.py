@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=d.image_fraction,
         help="probability that a step trains on a batch of still images (T=1)",
     )
+    p.add_argument(
+        "--color-augment-from",
+        type=int,
+        default=d.color_augment_from,
+        help="permute each clip's RGB channels at random from this step on (applies on "
+        "--resume too)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
@@ -131,6 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
         width=args.width,
         frames=args.frames,
         image_fraction=args.image_fraction,
+        color_augment_from=args.color_augment_from,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,

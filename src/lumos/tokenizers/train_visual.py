@@ -2,9 +2,9 @@
 on clips of the procedural world (:mod:`lumos.data.world`).
 
 Training: each step is either a video batch (T RGB frames) or, with probability
-``image_fraction``, an image batch (T = 1, still scenes); the choice and the clips are pure
-functions of (seed, step), so resuming from a checkpoint continues exactly where the run
-stopped. Loss: L1 + MSE on RGB in [-1, 1]. AdamW, linear warm-up then cosine decay to 10 %.
+``image_fraction``, an image batch (T = 1, still scenes), optionally with random RGB channel
+permutations; the choice and the clips are pure functions of (seed, step), so resuming
+from a checkpoint continues exactly where the run stopped. Loss: L1 + MSE on RGB in [-1, 1]. AdamW, linear warm-up then cosine decay to 10 %.
 
 Output directory layout::
 
@@ -63,6 +63,7 @@ class TrainSettings:
     width: int = 64
     frames: int = 9
     image_fraction: float = 0.1
+    color_augment_from: int = 0
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
@@ -119,7 +120,12 @@ def ssim(
 
 
 class ClipStream:
-    """Training batches as a pure function of the step: uint8 -> float [B, 3, T, H, W] in [-1, 1]."""
+    """Training batches as a pure function of the step: uint8 -> float [B, 3, T, H, W] in [-1, 1].
+
+    From step ``color_augment_from`` on, each clip's RGB channels are randomly permuted, so
+    that the tokenizer does not learn the world's colour-shape pairings (the held-out split
+    recombines them).
+    """
 
     def __init__(self, s: TrainSettings) -> None:
         self.s = s
@@ -128,9 +134,11 @@ class ClipStream:
 
     def batch(self, step: int) -> torch.Tensor:
         s = self.s
-        is_image = np.random.default_rng([s.seed, step]).random() < s.image_fraction
-        world = self.images if is_image else self.videos
+        rng = np.random.default_rng([s.seed, step])
+        world = self.images if rng.random() < s.image_fraction else self.videos
         clips = [world[step * s.batch_size + i].frames for i in range(s.batch_size)]
+        if step >= s.color_augment_from:
+            clips = [c[..., rng.permutation(3)] for c in clips]
         return frames_to_video(np.stack(clips))
 
 
@@ -212,8 +220,9 @@ def train_tokenizer(
 ) -> CausalVideoTokenizer:
     """Train (or resume) a tokenizer into ``out``; returns the trained model.
 
-    On resume the model config and data settings come from the checkpoint; ``settings.steps``
-    (the length of the learning-rate schedule) may be raised to train further.
+    On resume the model config and data settings come from the checkpoint, except
+    ``settings.steps`` (the length of the learning-rate schedule, may be raised to train
+    further) and ``settings.color_augment_from``.
     ``stop_after`` ends the run early after that many steps (with a checkpoint), without
     changing the schedule. Checkpoints every ``checkpoint_every`` steps and at the end.
     """
@@ -225,7 +234,9 @@ def train_tokenizer(
     if resume:
         model, state = _load_checkpoint(out)
         saved = TrainSettings(**state["settings"])
-        s = dataclasses.replace(saved, steps=settings.steps)
+        s = dataclasses.replace(
+            saved, steps=settings.steps, color_augment_from=settings.color_augment_from
+        )
         start, seconds = int(state["step"]), float(state["seconds"])
     else:
         if (out / CHECKPOINT_DIR).exists():
