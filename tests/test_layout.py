@@ -5,10 +5,8 @@ from lumos import LumosError, Vocabulary
 from lumos.sequence.layout import (
     build_sequence,
     frame_tokens,
-    latent_frame_count,
     parse_sequence,
     prompt_text,
-    rgb_frame_count,
     tokens_per_frame,
 )
 from lumos.sequence.structure import frame_causal_mask, rope_positions, token_structure
@@ -59,9 +57,7 @@ def test_parse_malformed_sequences(corrupt):
         parse_sequence(V, corrupt(seq))
 
 
-def test_frame_counts_and_prompt():
-    assert latent_frame_count(25) == 7 and rgb_frame_count(7) == 25
-    assert latent_frame_count(1) == 1 and latent_frame_count(9) == 3 and latent_frame_count(10) == 4
+def test_prompt_text():
     text = prompt_text("a cat", 448, 256, 12, 2)
     assert text.startswith("Generate a video with a resolution of 448x256, consisting of 24 frames")
     assert text.endswith("prompt:\n a cat")

@@ -12,7 +12,6 @@ pixel sizes are ``h * spatial`` by ``w * spatial``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -35,20 +34,6 @@ def prompt_text(caption: str, width: int, height: int, fps: int, duration: int) 
     return PROMPT_TEMPLATE.format(
         width=width, height=height, num_frames=fps * duration, fps=fps, caption=caption
     )
-
-
-def latent_frame_count(rgb_frames: int, temporal: int = 4) -> int:
-    """Latent frames for ``rgb_frames`` RGB frames with a causal ``temporal``x tokenizer."""
-    if rgb_frames < 1:
-        raise LumosError(f"need at least one RGB frame, got {rgb_frames}")
-    return 1 + math.ceil((rgb_frames - 1) / temporal)
-
-
-def rgb_frame_count(latent_frames: int, temporal: int = 4) -> int:
-    """RGB frames decoded from ``latent_frames`` latent frames."""
-    if latent_frames < 1:
-        raise LumosError(f"need at least one latent frame, got {latent_frames}")
-    return 1 + temporal * (latent_frames - 1)
 
 
 def tokens_per_frame(h: int, w: int) -> int:
