@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="use an untrained, randomly initialised tiny model (output is noise)",
     )
+    p.add_argument("--threads", type=int, help="CPU threads (default: the model's setting)")
     p.add_argument("--fps", type=int, help="frame rate of the written file (default: model's)")
     p.set_defaults(func=run)
 
@@ -127,8 +128,13 @@ def run(args: argparse.Namespace) -> int:
     if args.t2i and args.image:
         raise LumosError("--t2i and --image exclude each other")
     paths = output_paths(args, prompts, fmt)
+    if args.threads is not None and args.threads < 1:
+        raise LumosError(f"--threads must be >= 1, got {args.threads}")
     pipe = load_pipeline(args)
     d = pipe.defaults
+    threads = args.threads or d.num_threads
+    if threads:
+        torch.set_num_threads(threads)
     frames = 1 if args.t2i else (args.frames if args.frames is not None else d.num_frames)
     height = args.height or d.height
     width = args.width or d.width

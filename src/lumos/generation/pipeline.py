@@ -45,6 +45,7 @@ class PipelineDefaults:
     num_inference_steps: int = 16
     guidance_scale: float = 3.0
     history_mask_ratio: float = 0.7
+    num_threads: int | None = None  # CPU threads the CLI uses (None: PyTorch's default)
 
     @classmethod
     def load(cls, path: Path) -> PipelineDefaults:
