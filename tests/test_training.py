@@ -73,6 +73,8 @@ def test_presets_and_overrides(tmp_path):
             load_config(preset="tiny-cpu-t2i", overrides=bad)
     with pytest.raises(LumosError):
         load_config(preset="no-such-preset")
+    for example in (Path(__file__).parents[1] / "configs").glob("*.yaml"):
+        assert load_config(str(example)).steps > 0
 
 
 def test_lr_schedule_and_step_kinds():

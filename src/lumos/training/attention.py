@@ -68,6 +68,37 @@ def plan_runs(s: TokenStructure, valid: torch.Tensor | None = None) -> tuple[Run
     return tuple(RunGroup(tuple(rows), runs) for runs, rows in groups.items())
 
 
+class _Prefixes(torch.autograd.Function):
+    """Views ``x[:, :, :stop]`` for every stop; the backward adds their gradients into one
+    buffer. (Slicing with autograd would expand each run's key gradient to the full length.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stops: tuple[int, ...]):
+        ctx.shape, ctx.stops = x.shape, stops
+        return tuple(x[:, :, :stop] for stop in stops)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        total = None
+        for stop, grad in zip(ctx.stops, grads, strict=True):
+            if grad is not None:
+                if total is None:
+                    total = grad.new_zeros(ctx.shape)
+                total[:, :, :stop] += grad
+        return total, None
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, run: Run, gqa: bool):
+    if not run.causal:
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    if run.start == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    keys = torch.arange(run.stop, device=q.device)
+    queries = torch.arange(run.start, run.stop, device=q.device)
+    mask = keys[None, :] <= queries[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
 def split_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -81,26 +112,21 @@ def split_attention(
     for group in groups:
         rows = None if len(group.rows) == B else torch.tensor(group.rows, device=q.device)
         qg, kg, vg = (x if rows is None else x.index_select(0, rows) for x in (q, k, v))
-        parts = []
-        for run in group.runs:
-            qr, kr, vr = qg[:, :, run.start : run.stop], kg[:, :, : run.stop], vg[:, :, : run.stop]
-            if not run.causal:
-                out = F.scaled_dot_product_attention(qr, kr, vr, enable_gqa=enable_gqa)
-            elif run.start == 0:
-                out = F.scaled_dot_product_attention(
-                    qr, kr, vr, is_causal=True, enable_gqa=enable_gqa
-                )
-            else:
-                keys = torch.arange(run.stop, device=q.device)
-                queries = torch.arange(run.start, run.stop, device=q.device)
-                mask = keys[None, :] <= queries[:, None]
-                out = F.scaled_dot_product_attention(
-                    qr, kr, vr, attn_mask=mask, enable_gqa=enable_gqa
-                )
-            parts.append(out)
+        stops = tuple(run.stop for run in group.runs)
+        queries = qg.split([run.stop - run.start for run in group.runs], dim=2)
+        parts = [
+            _attend(qr, kr, vr, run, enable_gqa)
+            for qr, kr, vr, run in zip(
+                queries,
+                _Prefixes.apply(kg, stops),
+                _Prefixes.apply(vg, stops),
+                group.runs,
+                strict=True,
+            )
+        ]
         outputs.append(torch.cat(parts, dim=2))
         order.extend(group.rows)
-    out = torch.cat(outputs, dim=0)
+    out = torch.cat(outputs, dim=0) if len(outputs) > 1 else outputs[0]
     if order == list(range(B)):
         return out
     inverse = torch.empty(B, dtype=torch.long)

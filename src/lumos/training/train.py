@@ -409,16 +409,18 @@ class Trainer:
         for kind, source in self.validation_sources().items():  # fresh: the same batches
             stats = torch.zeros(2 * MAX_FRAMES + 2, device=ctx.device)
             count = 0
-            # Global validation micro-batch c*W + rank, for the c that keep it below the total.
-            for c in range(len(range(ctx.rank, cfg.data.validation_batches, ctx.world_size))):
+            # Global validation micro-batch c*W + rank; every process runs the same number of
+            # forwards (FSDP gathers collectively), the ones past the total are not counted.
+            for c in range(math.ceil(cfg.data.validation_batches / ctx.world_size)):
                 index = c * ctx.world_size + ctx.rank
                 seed = sample_seed(cfg.seed, 1, KINDS.index(kind), index)
                 batch = collate(
                     next(source), self.vocab, cfg.masking, torch.Generator().manual_seed(seed)
                 )
                 out = self.forward(batch)
-                stats += self._stats(out, batch)
-                count += out.count
+                if index < cfg.data.validation_batches:
+                    stats += self._stats(out, batch)
+                    count += out.count
             total = ctx.all_reduce(torch.tensor([float(count)], device=ctx.device))
             summary = self._summary(ctx.all_reduce(stats), total)
             result[f"val/{kind}/loss"] = summary["loss"]
