@@ -251,3 +251,19 @@ def test_objective_module_forward_matches_function():
     module = ARDFObjective(model, chunk_size=16)
     out = module(batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask)
     torch.testing.assert_close(out.loss, ardf_loss(model, batch).loss)
+
+
+def test_visual_cross_entropy_under_bf16_autocast():
+    h = torch.randn(40, 32, requires_grad=True)
+    w = torch.randn(50, 32, requires_grad=True)
+    t = torch.randint(0, 50, (40,))
+    ref = F.cross_entropy(h @ w.T, t, reduction="sum")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, per = visual_cross_entropy(h, w, t, chunk_size=16)
+    assert per.dtype == torch.float32
+    torch.testing.assert_close(total, ref, rtol=2e-2, atol=0.5)
+    total.backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    hr, wr = h.detach().requires_grad_(), w.detach().requires_grad_()
+    F.cross_entropy(hr @ wr.T, t, reduction="sum").backward()
+    torch.testing.assert_close(h.grad, hr.grad, rtol=0.1, atol=0.05)

@@ -327,7 +327,7 @@ def test_training_on_token_shards_resumes_exactly(tmp_path):
         f"data.shards=[{tmp_path / 'train'}]",
         f"data.validation_shards=[{tmp_path / 'val'}]",
         "data.validation_batches=2",
-        f"model.vocabulary={tmp_path / 'vocab.json'}",
+        "model.vocabulary=data",
         "validate_every=2",
     ]
     ref = Trainer(tiny_config(tmp_path / "ref", *args, "steps=4"), resume=False).fit()
@@ -339,6 +339,8 @@ def test_training_on_token_shards_resumes_exactly(tmp_path):
     assert [r["loss"] for r in rest] == [r["loss"] for r in ref[2:]]
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "val/video/loss" in m] == [2, 4]
-    # A vocabulary mismatch between data and model is a user error.
+    # The vocabulary as a JSON file; a mismatch between data and model is a user error.
+    json_vocab = [*args[:4], f"model.vocabulary={tmp_path / 'vocab.json'}", "steps=1"]
+    Trainer(tiny_config(tmp_path / "json", *json_vocab), resume=False).fit()
     with pytest.raises(LumosError, match="another vocabulary"):
         Trainer(tiny_config(tmp_path / "bad", *args[:4], "steps=1"), resume=False)

@@ -31,7 +31,8 @@ DATA_SOURCES = ("synthetic", "shards")
 class ModelConfig:
     """``geometry``: ``tiny`` | ``1b`` | ``3b`` (:class:`LumosConfig` presets), refined by
     ``overrides`` (any LumosConfig field). ``vocabulary``: ``official``, ``tiny`` (a 64-code test
-    vocabulary) or a JSON file of :class:`Vocabulary` fields. ``init_from``: a Lumos checkpoint
+    vocabulary), ``data`` (the one recorded in the token shards' index) or a JSON file of
+    :class:`Vocabulary` fields. ``init_from``: a Lumos checkpoint
     directory to fine-tune (its geometry wins); ``init_from_llm``: a text-only Llama-style
     checkpoint whose vocabulary is extended to the visual codebook (see
     :mod:`lumos.training.llm_init`)."""

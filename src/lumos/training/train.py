@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -75,30 +75,43 @@ def tiny_vocabulary() -> Vocabulary:
     )
 
 
-def resolve_vocabulary(spec: str) -> Vocabulary:
+def resolve_vocabulary(spec: str, shards: Sequence[str]) -> Vocabulary:
+    """``official``, ``tiny``, ``data`` (the vocabulary recorded in the first token dataset of
+    ``shards``) or a JSON file of :class:`Vocabulary` fields."""
     if spec == "official":
         return Vocabulary.official()
+    if spec == "data":
+        if not shards:
+            raise LumosError("model.vocabulary data needs data.shards (token datasets)")
+        from lumos.data.shards import read_index
+
+        return read_index(shards[0]).vocab
     if spec == "tiny":
         return tiny_vocabulary()
     path = Path(spec)
     if not path.is_file():
-        raise LumosError(f"model.vocabulary {spec!r} is neither official, tiny nor a JSON file")
+        raise LumosError(
+            f"model.vocabulary {spec!r} is neither official, tiny, data nor a JSON file"
+        )
     try:
         return Vocabulary.from_dict(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
         raise LumosError(f"{path} is not valid JSON ({err})") from None
 
 
-def build_model(cfg: ModelConfig) -> LumosModel:
-    """From scratch (seeded by the caller), a Lumos checkpoint, or a text-only LLM."""
+def build_model(cfg: ModelConfig, shards: Sequence[str] = ()) -> LumosModel:
+    """From scratch (seeded by the caller), a Lumos checkpoint, or a text-only LLM.
+    ``shards``: the training token datasets (for ``vocabulary: data``)."""
     if cfg.init_from:
         model = LumosModel.from_pretrained(cfg.init_from).train()
     elif cfg.init_from_llm:
         from lumos.training.llm_init import init_from_llm
 
-        model = init_from_llm(cfg.init_from_llm, resolve_vocabulary(cfg.vocabulary), cfg.overrides)
+        model = init_from_llm(
+            cfg.init_from_llm, resolve_vocabulary(cfg.vocabulary, shards), cfg.overrides
+        )
     else:
-        vocab = resolve_vocabulary(cfg.vocabulary)
+        vocab = resolve_vocabulary(cfg.vocabulary, shards)
         preset = {"tiny": LumosConfig.tiny, "1b": LumosConfig.lumos_1b, "3b": LumosConfig.lumos_3b}
         if cfg.geometry == "tiny":
             model_cfg = LumosConfig.tiny(vocabulary=vocab, **cfg.overrides)
@@ -224,7 +237,7 @@ class Trainer:
             check_data(cfg)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, cfg.data.shards)
         self.num_parameters = model.num_parameters()
         self.vocab = model.vocab
         self.model_config = model.config
