@@ -11,6 +11,10 @@ dense boolean mask would go (``LumosModel.hidden(ids, positions, mask)``), and t
 to ``F.scaled_dot_product_attention``, which this tensor subclass intercepts through
 ``__torch_function__`` and replaces with the per-run calls. It survives activation checkpointing
 (the recomputation receives the same argument) and FSDP2 (it is not a floating-point tensor).
+
+Measured on CPU (``benchmarks/bench_training.py``): the decoder stack's forward + backward is
+1.1-1.5x faster than with the dense mask at 1k-8k tokens, and no L x L mask is kept per layer,
+so activation memory grows linearly with the length.
 """
 
 from __future__ import annotations
