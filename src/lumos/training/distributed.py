@@ -136,8 +136,3 @@ def gradient_sync(module: nn.Module, parallel: str, enabled: bool):
     if parallel == "fsdp":
         module.set_requires_gradient_sync(enabled)
     return contextlib.nullcontext()
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (FSDP2 modules are not wrapped)."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
