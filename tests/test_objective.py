@@ -9,7 +9,7 @@ from lumos.model.transformer import LumosModel
 from lumos.sequence.layout import build_sequence
 from lumos.sequence.structure import token_structure
 from lumos.sequence.vocab import Vocabulary
-from lumos.training.attention import FrameSplitMask, plan_runs
+from lumos.training.attention import SplitFrameAttention, plan_runs
 from lumos.training.objective import (
     ARDFObjective,
     MaskingConfig,
@@ -233,7 +233,7 @@ def test_split_attention_matches_dense(checkpointing):
 
     probe = torch.randn(*batch.input_ids.shape, 128, dtype=torch.float64) * valid[..., None]
     outs = []
-    for mask in (model.attention_mask(s, valid), FrameSplitMask(s, valid)):
+    for mask in (model.attention_mask(s, valid), SplitFrameAttention(s, valid)):
         h, _ = model.hidden(batch.input_ids, positions, mask)
         (h * probe).sum().backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]

@@ -79,9 +79,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, cache_start, k, v)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads
-        )
+        gqa = self.n_kv != self.n_heads
+        if callable(mask):  # an attention function, e.g. training's per-frame split attention
+            out = mask(q, k, v, gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 
 
@@ -173,7 +175,8 @@ class LumosModel(nn.Module):
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Final-norm hidden states [B, L, d]. ``mask`` is a boolean attention mask broadcastable
-        to [B, heads, L, keys] (None = attend to everything, e.g. a frame over its cache)."""
+        to [B, heads, L, keys] (None = attend to everything, e.g. a frame over its cache), or a
+        callable ``attend(q, k, v, enable_gqa)`` that replaces SDPA (training's split attention)."""
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, self.rope_axes, self.config.rope_theta, x.dtype)
         states = [x] if output_hidden_states else None

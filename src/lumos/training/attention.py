@@ -6,11 +6,10 @@ So a training sequence splits into runs of equal ``TokenStructure.frame``: a fra
 unmasked attention call over its prefix, a run outside frames (text, SEP, VSTART, VEND, padding)
 is causal. Samples with identical runs are batched together.
 
-:class:`FrameSplitMask` carries that plan through the unchanged model: it is passed where the
-dense boolean mask would go (``LumosModel.hidden(ids, positions, mask)``), and the model hands it
-to ``F.scaled_dot_product_attention``, which this tensor subclass intercepts through
-``__torch_function__`` and replaces with the per-run calls. It survives activation checkpointing
-(the recomputation receives the same argument) and FSDP2 (it is not a floating-point tensor).
+:class:`SplitFrameAttention` carries that plan through the model: it is passed where the dense
+boolean mask would go (``LumosModel.hidden(ids, positions, mask)``), and the model's attention
+calls it instead of ``F.scaled_dot_product_attention``. It survives activation checkpointing
+(the recomputation receives the same argument) and FSDP2 (it is not a tensor).
 
 Measured on CPU (``benchmarks/bench_training.py``): the decoder stack's forward + backward is
 1.1-1.5x faster than with the dense mask at 1k-8k tokens, and no L x L mask is kept per layer,
@@ -138,37 +137,17 @@ def split_attention(
     return out.index_select(0, inverse.to(q.device))
 
 
-class FrameSplitMask(torch.Tensor):
-    """A stand-in for the dense frame-causal mask that makes the model attend per frame run.
+class SplitFrameAttention:
+    """Per-frame-run attention for full-sequence training forwards, passed to the model in
+    place of a dense mask (``LumosModel.hidden(ids, positions, SplitFrameAttention(s, valid))``):
+    the model calls it as ``attend(q, k, v, enable_gqa)``. Not for KV-cached forwards."""
 
-    Holds no mask data (an empty bool tensor); ``F.scaled_dot_product_attention(q, k, v,
-    attn_mask=this)`` is rerouted to :func:`split_attention`. Only valid for full-sequence
-    training forwards (no KV cache).
-    """
+    def __init__(self, s: TokenStructure, valid: torch.Tensor | None = None) -> None:
+        self.groups = plan_runs(s, valid)
 
-    groups: tuple[RunGroup, ...]
-
-    @staticmethod
-    def __new__(cls, s: TokenStructure, valid: torch.Tensor | None = None) -> FrameSplitMask:
-        mask = torch.Tensor._make_subclass(
-            cls, torch.empty(0, dtype=torch.bool, device=s.frame.device)
-        )
-        mask.groups = plan_runs(s, valid)
-        return mask
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func is F.scaled_dot_product_attention:
-            mask = kwargs.pop("attn_mask", None)
-            q, k, v = args[:3]
-            if (
-                not isinstance(mask, FrameSplitMask)
-                or len(args) > 3
-                or set(kwargs) - {"enable_gqa"}
-            ):
-                raise TypeError("FrameSplitMask must be passed as attn_mask= with q, k, v only")
-            if k.shape[2] != q.shape[2]:
-                raise ValueError("FrameSplitMask needs a full-sequence forward (no KV cache)")
-            return split_attention(q, k, v, mask.groups, kwargs.get("enable_gqa", False))
-        return super().__torch_function__(func, types, args, kwargs)
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False
+    ) -> torch.Tensor:
+        if k.shape[2] != q.shape[2]:
+            raise ValueError("SplitFrameAttention needs a full-sequence forward (no KV cache)")
+        return split_attention(q, k, v, self.groups, enable_gqa)

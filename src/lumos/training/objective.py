@@ -30,7 +30,7 @@ from lumos.errors import LumosError
 from lumos.model.transformer import LumosModel
 from lumos.sequence.structure import TokenStructure, token_structure
 from lumos.sequence.vocab import Vocabulary
-from lumos.training.attention import FrameSplitMask
+from lumos.training.attention import SplitFrameAttention
 
 # Mask-ratio schedules: u ~ U[0, 1) -> masking ratio p (before the min_rate clamp).
 SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -258,7 +258,7 @@ class ARDFObjective(nn.Module):
         valid = attention_mask.bool()
         positions, s = model.positions(targets, valid)  # structure of the clean sequence
         if self.attention == "split":
-            mask = FrameSplitMask(s, valid)
+            mask = SplitFrameAttention(s, valid)
         else:
             mask = model.attention_mask(s, valid)
         h, _ = model.hidden(input_ids, positions, mask)
