@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from lumos.data.world import ProceduralWorld
 from lumos.errors import LumosError
 from lumos.tokenizers.causal_video import (
     CausalVideoTokenizer,
@@ -11,6 +13,7 @@ from lumos.tokenizers.causal_video import (
 )
 from lumos.tokenizers.cosmos import CosmosTokenizer
 from lumos.tokenizers.visual import (
+    DEFAULT_VISUAL_TOKENIZER_DIR,
     frames_to_video,
     load_visual_tokenizer,
     video_to_frames,
@@ -280,3 +283,17 @@ def test_save_and_load_pretrained(tmp_path):
 def test_inconsistent_config_is_user_error():
     with pytest.raises(LumosError, match="spatial_compression"):
         CausalVideoTokenizerConfig(channels=[16, 32, 64], patch_size=4)
+
+
+def test_shipped_default_tokenizer():
+    tok = load_visual_tokenizer(DEFAULT_VISUAL_TOKENIZER_DIR)
+    assert isinstance(tok, CausalVideoTokenizer)
+    assert (tok.codebook_size, tok.temporal_compression, tok.spatial_compression) == (4375, 4, 8)
+    world = ProceduralWorld("heldout", 64, 48, 9, seed=int(torch.randint(0, 1000, ())))
+    frames = np.stack([world[i].frames for i in range(2)])
+    video = frames_to_video(frames)
+    idx = tok.encode(video)
+    assert idx.shape == (2, 3, 8, 6)
+    recon = tok.decode(idx)
+    mse = ((recon - video) / 2).pow(2).flatten(1).mean(1)
+    assert (10 * torch.log10(1 / mse) > 18).all()  # untrained: ~10 dB; held-out mean: 29 dB
