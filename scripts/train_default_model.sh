@@ -30,8 +30,9 @@ lumos tokenize --world heldout --count 400 --seed 1 --out data/world-val "${TOK[
 torchrun --nproc-per-node 2 -m lumos.cli.main train --config configs/default-model.yaml --steps "$STEPS"
 
 # 5. Assemble the pipeline directory and evaluate it.
-rm -rf "$OUT/transformer"
-cp -r runs/default-model/model "$OUT/transformer"
+python -c "import torch; from lumos import LumosModel
+LumosModel.from_pretrained('runs/default-model/model').save_pretrained(
+    '$OUT/transformer', dtype=torch.float16)"  # half-size storage; runs in float32
 cat > "$OUT/pipeline.json" <<JSON
 {"fps": 4, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 16,
  "guidance_scale": 3.0, "history_mask_ratio": 0.7, "num_threads": 1}

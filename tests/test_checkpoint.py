@@ -105,3 +105,12 @@ def test_cli_info(capsys, tmp_path):
     assert main(["info", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_half_precision_storage_loads_as_float32(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m", dtype=torch.float16)
+    assert load_file(tmp_path / "m" / "model.safetensors")["lm_head.weight"].dtype == torch.float16
+    loaded = LumosModel.from_pretrained(tmp_path / "m")
+    assert loaded.lm_head.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight, atol=1e-3, rtol=1e-3)

@@ -152,14 +152,19 @@ def load_model(path, dtype: torch.dtype | None = None, device="cpu", mmap: bool 
     return model.to(device).eval()
 
 
-def save_model(model, path) -> None:
-    """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename)."""
+def save_model(model, path, dtype: torch.dtype | None = None) -> None:
+    """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename).
+
+    ``dtype`` stores the weights in another precision (e.g. float16 to halve a shipped model;
+    loading on CPU converts back to float32)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         if path.exists():
             shutil.rmtree(path)

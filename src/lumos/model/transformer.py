@@ -237,7 +237,8 @@ class LumosModel(nn.Module):
 
         return load_model(path, dtype=dtype, device=device)
 
-    def save_pretrained(self, path) -> None:
+    def save_pretrained(self, path, dtype: torch.dtype | None = None) -> None:
+        """Save config.json + model.safetensors; ``dtype`` optionally changes the stored precision."""
         from lumos.model.checkpoint import save_model
 
-        save_model(self, path)
+        save_model(self, path, dtype)
