@@ -121,3 +121,18 @@ def test_cli_generate_writes_files_and_rejects_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("lumos generate: error:")
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_shipped_default_model_loads_and_generates():
+    from lumos.generation.pipeline import DEFAULT_PIPELINE_DIR
+
+    size = sum(f.stat().st_size for f in DEFAULT_PIPELINE_DIR.rglob("*") if f.is_file())
+    assert size < 60e6
+    shipped = LumosPipeline.from_pretrained()
+    assert shipped.label == "" and shipped.model.config.num_hidden_layers == 4
+    out = shipped(
+        "a red circle moves to the left",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.frames.shape == (1, 9, 64, 64, 3) and out.fps == 4
