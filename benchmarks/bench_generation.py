@@ -138,12 +138,13 @@ def main() -> None:
     )
     base = results.get("uncached")
     for name, r in results.items():
-        speed = base["seconds_per_frame"] / r["seconds_per_frame"] if base else float("nan")
-        mem = base["peak_rss"] / r["peak_rss"] if base else float("nan")
+        ratios = "".join(
+            f"{base[key] / r[key]:>9.1f}x" if base else f"{'-':>10}"
+            for key in ("seconds_per_frame", "peak_rss")
+        )
         print(
             f"{'lumos ' + name:<22}{r['seconds_per_frame']:>9.2f}{r['peak_rss'] / 1e9:>10.2f}G"
-            f"{r['achieved_gflops_per_s']:>9.1f}{r['matmul_gflops_per_s']:>16.1f}"
-            f"{speed:>9.1f}x{mem:>9.1f}x"
+            f"{r['achieved_gflops_per_s']:>9.1f}{r['matmul_gflops_per_s']:>16.1f}{ratios}"
         )
     if official_s:
         c = results["cached"]
