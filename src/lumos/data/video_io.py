@@ -200,7 +200,8 @@ def load_clip(
         target = (int(size[0]), int(size[1]))
     else:
         target = choose_bucket(frames.shape[2], frames.shape[1], size)
-    video = torch.from_numpy(resize_crop(frames, target)).permute(3, 0, 1, 2).contiguous()
+    frames = np.require(resize_crop(frames, target), requirements="W")  # copy only if read-only
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
     return video if dtype == torch.uint8 else to_float(video, dtype)
 
 
