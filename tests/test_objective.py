@@ -19,23 +19,7 @@ from lumos.training.objective import (
     visual_cross_entropy,
 )
 
-VOCAB = Vocabulary(
-    text_size=128,
-    visual_offset=128,
-    codebook_size=64,
-    bos=0,
-    pad=1,
-    eos=2,
-    sep=3,
-    video_start=4,
-    video_end=5,
-    frame_start=6,
-    frame_end=7,
-    newline=8,
-    mask=9,
-    int_base=10,
-    num_ints=40,
-)
+VOCAB = Vocabulary.compact(text_size=128, codebook_size=64, num_ints=40)
 
 
 def make_sequences(n, frames=3, h=3, w=5, text_lens=None, gen=None):

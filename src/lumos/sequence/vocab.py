@@ -126,6 +126,20 @@ class Vocabulary:
         )
 
     @classmethod
+    def compact(cls, text_size: int, codebook_size: int, num_ints: int = 40) -> Vocabulary:
+        """Special ids 0-9 in ``SPECIAL_TOKEN_NAMES`` order, integers from 10, visual ids right
+        after the text range: the layout of our own text tokenizers, for small experiments."""
+        specials = {role: i for i, role in enumerate(SPECIAL_TOKEN_NAMES)}
+        return cls(
+            text_size=text_size,
+            visual_offset=text_size,
+            codebook_size=codebook_size,
+            int_base=len(specials),
+            num_ints=num_ints,
+            **specials,
+        )
+
+    @classmethod
     def from_token_lookup(
         cls, token_to_id, text_size: int, codebook_size: int, num_ints: int
     ) -> Vocabulary:

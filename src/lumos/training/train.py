@@ -56,23 +56,7 @@ MAX_FRAMES = 64  # per-frame statistics are kept for latent frames 0 .. MAX_FRAM
 
 def tiny_vocabulary() -> Vocabulary:
     """A small vocabulary for CPU experiments: 256 text ids + a 64-code visual codebook."""
-    return Vocabulary(
-        text_size=256,
-        visual_offset=256,
-        codebook_size=64,
-        bos=0,
-        pad=1,
-        eos=2,
-        sep=3,
-        video_start=4,
-        video_end=5,
-        frame_start=6,
-        frame_end=7,
-        newline=8,
-        mask=9,
-        int_base=10,
-        num_ints=40,
-    )
+    return Vocabulary.compact(text_size=256, codebook_size=64, num_ints=40)
 
 
 def resolve_vocabulary(spec: str, shards: Sequence[str]) -> Vocabulary:
