@@ -488,6 +488,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> list[dict]:
     """Run a training job described by ``cfg`` (see :class:`Trainer`)."""
     trainer = Trainer(cfg, resume=resume)
     try:
-        return trainer.fit()
+        rows = trainer.fit()
+        trainer.ctx.barrier()  # every rank done before the group is torn down (gloo aborts else)
+        return rows
     finally:
         distributed.shutdown_distributed()
