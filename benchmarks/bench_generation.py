@@ -28,15 +28,7 @@ OFFICIAL = {16: (19.0, 1.6e9), 32: (70.0, None)}
 def build_model():
     from lumos import LumosConfig, LumosModel
 
-    cfg = LumosConfig(
-        vocab_size=129536,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-    )
-    return LumosModel(cfg).eval()
+    return LumosModel(LumosConfig.benchmark()).eval()
 
 
 def matmul_gflops(n: int = 1024, reps: int = 20) -> float:

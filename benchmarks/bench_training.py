@@ -48,15 +48,7 @@ def build(length: int):
 
     torch.manual_seed(0)
     vocab = Vocabulary.official()
-    cfg = LumosConfig(
-        vocab_size=129536,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=16384,
-    )
+    cfg = LumosConfig.benchmark(max_position_embeddings=16384)
     text = list(range(100, 130))
     frames = max(1, (length - len(text) - 8) // tokens_per_frame(H, W))
     codes = torch.randint(0, vocab.codebook_size, (frames, H, W))

@@ -150,6 +150,19 @@ class LumosConfig:
         return cls(**{**kw, **overrides})
 
     @classmethod
+    def benchmark(cls, **overrides) -> LumosConfig:
+        """The benchmark geometry: 4 layers, hidden 256, 4 heads, MLP 688, official vocabulary."""
+        kw = dict(
+            vocab_size=129536,
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+        return cls(**{**kw, **overrides})
+
+    @classmethod
     def lumos_1b(cls, **overrides) -> LumosConfig:
         """Lumos-1 1B geometry (Llama-3.2-1B body, official vocabulary)."""
         kw = dict(
