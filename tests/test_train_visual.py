@@ -129,6 +129,9 @@ def test_evaluate_reports_metrics(tmp_path):
     assert result["clips"] == 3 and 0 < result["psnr"] < 100 and -1 <= result["ssim"] <= 1
     assert 0 <= result["analyser_accuracy"] <= 1
     assert set(result["analyser"]) >= {"color", "shape", "all"}
+    by_object = result["shape_by_object"]
+    assert by_object and all(k.split()[0] in ("small", "large") for k in by_object)
+    assert all(0 <= v <= 1 for v in by_object.values())
     json.dumps(result)
 
 

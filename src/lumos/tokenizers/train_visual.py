@@ -317,7 +317,9 @@ def evaluate_tokenizer(
     frames; SSIM averaged over frames). ``analyser_accuracy``: mean over the analyser's
     attributes (count, colour, shape, size, motion, position, background) of the fraction
     of clips where it is read correctly off the reconstruction; ``analyser_all`` the
-    fraction with every attribute right; ``analyser`` per attribute; ``*_original`` the
+    fraction with every attribute right; ``analyser`` per attribute; ``shape_by_object`` the
+    fraction of objects of each size and shape whose shape is read right (by colour match);
+    ``*_original`` the
     same on the source clips (the analyser's own ceiling).
     """
 
@@ -326,6 +328,7 @@ def evaluate_tokenizer(
     tokenizer.latent_shape(frames, height, width)
     world = ProceduralWorld(split, height, width, frames, seed, 0.0)
     psnrs, ssims, scores_recon, scores_orig = [], [], [], []
+    shape_hits: dict[str, list[bool]] = {}  # "small cross" -> shape read right, per object
     t0 = time.time()
     for lo in tqdm(range(0, n, batch_size), disable=not progress, desc="eval"):
         samples = [world[i] for i in range(lo, min(n, lo + batch_size))]
@@ -337,7 +340,11 @@ def evaluate_tokenizer(
         b, t = x.shape[:2]
         ssims += ssim(x.flatten(0, 1), y.flatten(0, 1)).view(b, t).mean(1).tolist()
         for smp, rec in zip(samples, recon, strict=True):
-            scores_recon.append(score(analyse(rec), smp.scene))
+            analysis = analyse(rec)
+            scores_recon.append(score(analysis, smp.scene))
+            for obj in smp.scene.objects:  # objects of a scene have distinct colours
+                seen = [d.shape for d in analysis.objects if d.color == obj.color]
+                shape_hits.setdefault(f"{obj.size} {obj.shape}", []).append(obj.shape in seen)
             scores_orig.append(score(analyse(smp.frames), smp.scene))
     recon_acc, orig_acc = aggregate(scores_recon), aggregate(scores_orig)
     return {
@@ -352,6 +359,7 @@ def evaluate_tokenizer(
         "analyser_accuracy": _attribute_mean(recon_acc),
         "analyser_all": recon_acc["all"],
         "analyser": recon_acc,
+        "shape_by_object": {k: float(np.mean(v)) for k, v in sorted(shape_hits.items())},
         "analyser_accuracy_original": _attribute_mean(orig_acc),
         "analyser_all_original": orig_acc["all"],
         "analyser_original": orig_acc,
