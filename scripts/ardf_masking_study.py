@@ -5,7 +5,7 @@ With random masks a masked token of a later frame can copy the visible token at 
 place in an earlier frame, so later frames look easy; tube masks hide the same places in
 every frame and remove the leak. The table shows it as (a) the frame k / frame 0 loss ratio
 of each run under its own masks and (b) how much the random-mask run's later frames lose
-when the leak is closed (validated with tube masks).
+when the leak is closed (its rows validated with tube instead of random masks).
 
     python scripts/ardf_masking_study.py --config configs/default-model.yaml --steps 1500
 
@@ -63,19 +63,18 @@ def cross_validate(args: argparse.Namespace) -> dict[tuple[str, str, str], list[
     from lumos.training.config import load_config
     from lumos.training.objective import ardf_loss, collate
 
-    torch.set_num_threads(2)
+    configs = {m: load_config(args.config, None, overrides(args, m)) for m in MASKINGS}
+    groups: dict[str, list] = {"still": [], "moving": []}  # the runs share the validation data
+    for path in configs[MASKINGS[0]].data.validation_shards:
+        index = read_index(path)
+        for smp in iter_samples(path):
+            if smp.kind == "video":
+                motions = {o.motion for o in parse_caption(smp.caption).objects}
+                seq = smp.sequence(index.vocab, index.spatial_compression)
+                groups["still" if motions == {"still"} else "moving"].append(seq)
     result = {}
-    for trained in MASKINGS:
-        cfg = load_config(args.config, None, overrides(args, trained))
+    for trained, cfg in configs.items():
         model = LumosModel.from_pretrained(Path(cfg.output_dir) / "model").eval()
-        groups: dict[str, list] = {"still": [], "moving": []}
-        for path in cfg.data.validation_shards:
-            index = read_index(path)
-            for smp in iter_samples(path):
-                if smp.kind == "video":
-                    motions = {o.motion for o in parse_caption(smp.caption).objects}
-                    seq = smp.sequence(index.vocab, index.spatial_compression)
-                    groups["still" if motions == {"still"} else "moving"].append(seq)
         for validated in MASKINGS:
             masking = dataclasses.replace(cfg.masking, type=validated, text_drop=0.0)
             for group, samples in groups.items():
