@@ -54,12 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="permute each clip's RGB channels at random from this step on (applies on "
         "--resume too)",
     )
-    p.add_argument(
-        "--gradient-loss-weight",
-        type=float,
-        default=d.gradient_loss_weight,
-        help="weight of the edge-sharpness loss (L1 on pixel differences; applies on --resume too)",
-    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
@@ -145,7 +139,6 @@ def run_train(args: argparse.Namespace) -> int:
         frames=args.frames,
         image_fraction=args.image_fraction,
         color_augment_from=args.color_augment_from,
-        gradient_loss_weight=args.gradient_loss_weight,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,

@@ -4,10 +4,7 @@ on clips of the procedural world (:mod:`lumos.data.world`).
 Training: each step is either a video batch (T RGB frames) or, with probability
 ``image_fraction``, an image batch (T = 1, still scenes), optionally with random RGB channel
 permutations; the choice and the clips are pure functions of (seed, step), so resuming
-from a checkpoint continues exactly where the run stopped. Loss: L1 + MSE on RGB in [-1, 1],
-plus ``gradient_loss_weight`` x the L1 distance between the horizontal and vertical pixel
-differences of reconstruction and target (penalises blur: without it, corners of small
-objects come back rounded). AdamW, linear warm-up then cosine decay to 10 %.
+from a checkpoint continues exactly where the run stopped. Loss: L1 + MSE on RGB in [-1, 1]. AdamW, linear warm-up then cosine decay to 10 %.
 
 Output directory layout::
 
@@ -67,7 +64,6 @@ class TrainSettings:
     frames: int = 9
     image_fraction: float = 0.1
     color_augment_from: int = 0
-    gradient_loss_weight: float = 0.0
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
@@ -149,14 +145,6 @@ class ClipStream:
 # ----------------------------------------------------------------------------- training
 
 
-def gradient_l1(recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
-    """Mean L1 distance between the row and column pixel differences of two [..., H, W]
-    tensors (an edge-sharpness loss)."""
-    dx = (recon.diff(dim=-1) - video.diff(dim=-1)).abs().mean()
-    dy = (recon.diff(dim=-2) - video.diff(dim=-2)).abs().mean()
-    return dx + dy
-
-
 def _lr_at(step: int, s: TrainSettings) -> float:
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
@@ -234,7 +222,7 @@ def train_tokenizer(
 
     On resume the model config and data settings come from the checkpoint, except
     ``settings.steps`` (the length of the learning-rate schedule, may be raised to train
-    further), ``settings.color_augment_from`` and ``settings.gradient_loss_weight``.
+    further) and ``settings.color_augment_from``.
     ``stop_after`` ends the run early after that many steps (with a checkpoint), without
     changing the schedule. Checkpoints every ``checkpoint_every`` steps and at the end.
     """
@@ -247,10 +235,7 @@ def train_tokenizer(
         model, state = _load_checkpoint(out)
         saved = TrainSettings(**state["settings"])
         s = dataclasses.replace(
-            saved,
-            steps=settings.steps,
-            color_augment_from=settings.color_augment_from,
-            gradient_loss_weight=settings.gradient_loss_weight,
+            saved, steps=settings.steps, color_augment_from=settings.color_augment_from
         )
         start, seconds = int(state["step"]), float(state["seconds"])
     else:
@@ -284,8 +269,6 @@ def train_tokenizer(
         recon = model(video)
         mse = F.mse_loss(recon, video)
         loss = F.l1_loss(recon, video) + mse
-        if s.gradient_loss_weight:
-            loss = loss + s.gradient_loss_weight * gradient_l1(recon, video)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
