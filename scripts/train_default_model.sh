@@ -3,14 +3,14 @@
 # text tokenizer -> visual tokenizer -> token shards of the procedural world -> transformer ->
 # pipeline directory -> evaluation. Each step is resumable: rerun the script after an interruption.
 # Override the transformer's final length with STEPS=..., the data size with CLIPS=....
-# The shipped transformer was trained in three phases: 1,500 steps (cosine to 5 %), then resumed
-# with the schedule stretched to 5,500 steps and again to 9,500 steps (each resume restarts the
-# cosine where the longer schedule would be: 1.7e-3 at step 1,500, 8.1e-4 at step 5,500).
+# The shipped transformer was trained in four phases: 1,500 steps (cosine to 5 %), then resumed
+# with the schedule stretched to 5,500, 9,500 and 11,000 steps (each resume restarts the
+# cosine where the longer schedule would be: 1.7e-3 at step 1,500, 8.1e-4 at 5,500, 1.8e-4 at 9,500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=src/lumos/assets/default
 CLIPS=${CLIPS:-12000}
-STEPS=${STEPS:-9500}
+STEPS=${STEPS:-11000}
 
 # 1. Byte-level BPE on world captions wrapped in the prompt template.
 [ -f "$OUT/text_tokenizer/tokenizer.json" ] ||
@@ -30,7 +30,7 @@ lumos tokenize --world train --count "$CLIPS" --seed 0 --out data/world-train "$
 lumos tokenize --world heldout --count 400 --seed 1 --out data/world-val "${TOK[@]}"
 
 # 4. The transformer: AR-DF (tube masks, text drop 0.1), joint image/video.
-for steps in 1500 5500 "$STEPS"; do
+for steps in 1500 5500 9500 "$STEPS"; do
   torchrun --nproc-per-node 2 -m lumos.cli.main train --config configs/default-model.yaml --steps "$steps"
 done
 
