@@ -48,6 +48,24 @@ def train_all(args: argparse.Namespace) -> None:
         sys.exit(f"a training run failed; see the logs in {args.out_root}")
 
 
+def frame_losses(model, samples: list, masking, mask_draws: int) -> list[float]:
+    """Mean loss per latent frame of ``model`` on ``samples`` (token sequences), batches of
+    16, ``mask_draws`` masks per batch; the mask seeds depend only on the batch and draw."""
+    import torch
+
+    from lumos.training.objective import ardf_loss, collate
+
+    total = count = 0
+    for b in range(0, len(samples), 16):
+        for draw in range(mask_draws):
+            gen = torch.Generator().manual_seed(1000 * b + draw)
+            with torch.no_grad():
+                out = ardf_loss(model, collate(samples[b : b + 16], model.vocab, masking, gen))
+            total = total + out.frame_loss_sum
+            count = count + out.frame_count
+    return (total / count).tolist()
+
+
 def cross_validate(args: argparse.Namespace) -> dict[tuple[str, str, str], list[float]]:
     """Per-frame validation loss of each trained model under each mask type, on the validation
     videos whose caption says the object stands still and on the moving ones (still content
@@ -55,13 +73,10 @@ def cross_validate(args: argparse.Namespace) -> dict[tuple[str, str, str], list[
     text is never dropped here."""
     import dataclasses
 
-    import torch
-
     from lumos import LumosModel
     from lumos.data.shards import iter_samples, read_index
     from lumos.data.world import parse_caption
     from lumos.training.config import load_config
-    from lumos.training.objective import ardf_loss, collate
 
     configs = {m: load_config(args.config, None, overrides(args, m)) for m in MASKINGS}
     groups: dict[str, list] = {"still": [], "moving": []}  # the runs share the validation data
@@ -78,16 +93,8 @@ def cross_validate(args: argparse.Namespace) -> dict[tuple[str, str, str], list[
         for validated in MASKINGS:
             masking = dataclasses.replace(cfg.masking, type=validated, text_drop=0.0)
             for group, samples in groups.items():
-                total = count = 0
-                for b in range(0, len(samples), 16):
-                    seqs = samples[b : b + 16]
-                    for draw in range(args.mask_draws):
-                        gen = torch.Generator().manual_seed(1000 * b + draw)
-                        with torch.no_grad():
-                            out = ardf_loss(model, collate(seqs, model.vocab, masking, gen))
-                        total = total + out.frame_loss_sum
-                        count = count + out.frame_count
-                result[trained, validated, group] = (total / count).tolist()
+                losses = frame_losses(model, samples, masking, args.mask_draws)
+                result[trained, validated, group] = losses
                 print(f"{trained} / {validated} / {group} ({len(samples)} clips) done", flush=True)
     return result
 

@@ -319,8 +319,7 @@ def evaluate_tokenizer(
     of clips where it is read correctly off the reconstruction; ``analyser_all`` the
     fraction with every attribute right; ``analyser`` per attribute; ``shape_by_object`` the
     fraction of objects of each size and shape whose shape is read right (by colour match);
-    ``*_original`` the
-    same on the source clips (the analyser's own ceiling).
+    ``*_original`` the same on the source clips (the analyser's own ceiling).
     """
 
     if n < 1:
