@@ -10,6 +10,7 @@ from lumos.errors import LumosError
 from lumos.tokenizers.causal_video import CausalVideoTokenizer, CausalVideoTokenizerConfig
 from lumos.tokenizers.train_visual import (
     CHECKPOINT_DIR,
+    TRAINER_STATE,
     ClipStream,
     TrainSettings,
     evaluate_tokenizer,
@@ -118,6 +119,12 @@ def test_run_guards(tmp_path):
         train_tokenizer(tmp_path, settings(steps=2), TINY, progress=False)
     with pytest.raises(LumosError, match="1 \\+ 4k"):
         train_tokenizer(tmp_path / "c", settings(frames=6), TINY, progress=False)
+    state_path = tmp_path / CHECKPOINT_DIR / TRAINER_STATE
+    state = torch.load(state_path, weights_only=True)
+    state["settings"]["option_from_another_version"] = 1.0
+    torch.save(state, state_path)
+    with pytest.raises(LumosError, match="option_from_another_version"):
+        train_tokenizer(tmp_path, settings(steps=4), resume=True, progress=False)
 
 
 def test_evaluate_reports_metrics(tmp_path):

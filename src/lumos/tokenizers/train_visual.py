@@ -207,6 +207,13 @@ def _load_checkpoint(out: Path) -> tuple[CausalVideoTokenizer, dict]:
         state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError) as err:
         raise LumosError(f"cannot read {ckpt / TRAINER_STATE}: {err}") from err
+    unknown = set(state.get("settings", {})) - {f.name for f in dataclasses.fields(TrainSettings)}
+    if unknown:
+        raise LumosError(
+            f"{ckpt / TRAINER_STATE} was written with training settings this version of lumos "
+            f"does not have ({', '.join(sorted(unknown))}); resume it with the version that "
+            "wrote it or start a new run"
+        )
     return model, state
 
 
