@@ -19,6 +19,18 @@ def test_cases_are_deterministic_and_split_correctly():
             assert c.image.shape == (64, 64, 3)
 
 
+def test_case_sets_do_not_depend_on_other_groups_or_overlap_across_seeds():
+    alone = build_cases(6, 64, 64, 9, seed=0, groups=("t2i",))
+    together = [c for c in build_cases(6, 64, 64, 9, seed=0) if c.group == "t2i"]
+    assert [(c.prompt, c.seed) for c in alone] == [(c.prompt, c.seed) for c in together]
+    seeds = {s: {c.seed for c in build_cases(50, 64, 64, 9, seed=s)} for s in (0, 1, 2)}
+    assert all(len(v) == 200 for v in seeds.values())
+    assert not (seeds[0] & seeds[1]) and not (seeds[1] & seeds[2]) and not (seeds[0] & seeds[2])
+    prompts = {s: [c.prompt for c in build_cases(50, 64, 64, 9, seed=s)] for s in (0, 1)}
+    same = sum(a == b for a, b in zip(prompts[0], prompts[1], strict=True))
+    assert same < 100  # a different prompt set
+
+
 def test_cli_eval_writes_report_and_sheet(tmp_path, capsys):
     out = tmp_path / "ev"
     assert main(["eval", "--random-init", "--n", "1", "--steps", "1", "--out", str(out)]) == 0
@@ -28,3 +40,5 @@ def test_cli_eval_writes_report_and_sheet(tmp_path, capsys):
     assert (out / "contact_sheet.png").stat().st_size > 1000
     assert "t2v_heldout" in capsys.readouterr().out
     assert main(["eval", "--random-init", "--groups", "nope"]) == 2
+    assert main(["eval", "--random-init", "--n", "0"]) == 2
+    assert main(["eval", "--random-init", "--seed", "-1"]) == 2

@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from lumos.evaluation.evaluate import (
         GROUPS,
+        MAX_CASES,
         build_cases,
         contact_sheet,
         evaluate,
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
         raise LumosError(f"unknown groups {unknown}; choose from {','.join(GROUPS)}")
-    if args.n < 1 or args.batch_size < 1:
-        raise LumosError("--n and --batch-size must be >= 1")
+    if not 1 <= args.n <= MAX_CASES or args.batch_size < 1 or args.seed < 0:
+        raise LumosError(f"--n must be in 1..{MAX_CASES}, --batch-size >= 1 and --seed >= 0")
     pipe = (
         LumosPipeline.random_init(args.seed)
         if args.random_init

@@ -9,7 +9,8 @@ Four groups of cases, each judged by the analyser against what its prompt says
 * ``i2v_heldout`` – image-to-video: the first frame of a rendered held-out clip plus its caption.
 
 Cases are deterministic for a seed. Prompt ``i`` of a group is generated with its own
-generator, so results do not depend on the batch size.
+generator, so results do not depend on the batch size, and a group's cases depend only on
+(seed, group, i): not on which other groups run, and distinct seeds give disjoint case seeds.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from lumos.evaluation.analyser import aggregate, analyse, score
 from lumos.generation.pipeline import LumosPipeline
 
 GROUPS = ("t2v_heldin", "t2v_heldout", "t2i", "i2v_heldout")
+MAX_CASES = 1_000_003  # per group and seed: case seeds of different (seed, group) never overlap
+
+
+def case_seed(seed: int, group: str, i: int) -> int:
+    """The world seed of case ``i`` (``0 <= i < MAX_CASES``) of ``group`` for eval ``seed``."""
+    return (seed * len(GROUPS) + GROUPS.index(group) + 1) * MAX_CASES + i
 
 
 @dataclass
@@ -50,10 +57,12 @@ def build_cases(
     groups: tuple[str, ...] = GROUPS,
 ) -> list[EvalCase]:
     """``n`` cases per group, at ``height`` x ``width`` pixels and ``num_frames`` RGB frames."""
+    if not 0 < n <= MAX_CASES or seed < 0:
+        raise ValueError(f"need 0 < n <= {MAX_CASES} and seed >= 0, got n={n}, seed={seed}")
     cases = []
-    for g, group in enumerate(groups):
+    for group in groups:
         for i in range(n):
-            s = seed + 1_000_003 * (g + 1) + i
+            s = case_seed(seed, group, i)
             objects = 1 if max_objects == 1 else None
             split = "heldout" if "heldout" in group else "train"
             scene = sample_scene(s, split, num_objects=objects, still_only=group == "t2i")
