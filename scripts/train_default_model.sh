@@ -7,8 +7,10 @@
 # This is the recipe as it was run, in the order it was run: the visual tokenizer and the
 # transformer were first trained against each other at 6,500 tokenizer steps; the tokenizer was
 # then trained on to 22,000 steps, which moves its codes, so the transformer was fine-tuned on
-# re-tokenised data. Each phase resumes the previous one with the cosine schedule stretched, so
-# the learning rate restarts where the longer schedule would be.
+# re-tokenised data, and last on 60,000 fresh clips. Within a run, each phase resumes the
+# previous one with the cosine schedule stretched, so the learning rate restarts where the
+# longer schedule would be; the two fine-tuning runs start from the previous weights with a
+# schedule of their own (configs/default-model-v2.yaml, configs/default-model-v3.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=src/lumos/assets/default
@@ -53,9 +55,14 @@ tok --visual-tokenizer "$OUT/visual_tokenizer" --world train --count 24000 --see
 tok --visual-tokenizer "$OUT/visual_tokenizer" --world heldout --count 400 --seed 1 --out data/world-val-v2
 torchrun --nproc-per-node 2 -m lumos.cli.main train --config configs/default-model-v2.yaml
 
-# 6. Assemble the pipeline directory and evaluate it.
+# 6. 5,000 more steps on 60,000 fresh train-split clips next to those 24,000 (the phases before
+#    saw each of their clips many times over).
+tok --visual-tokenizer "$OUT/visual_tokenizer" --world train --count 60000 --seed 2 --out data/world-train-v3
+torchrun --nproc-per-node 2 -m lumos.cli.main train --config configs/default-model-v3.yaml
+
+# 7. Assemble the pipeline directory and evaluate it.
 python -c "import torch; from lumos import LumosModel
-LumosModel.from_pretrained('runs/default-model-v2/model').save_pretrained(
+LumosModel.from_pretrained('runs/default-model-v3/model').save_pretrained(
     '$OUT/transformer', dtype=torch.float16)"  # half-size storage; runs in float32
 cat > "$OUT/pipeline.json" <<JSON
 {"fps": 4, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 16,
