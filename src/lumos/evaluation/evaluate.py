@@ -59,11 +59,11 @@ def build_cases(
     """``n`` cases per group, at ``height`` x ``width`` pixels and ``num_frames`` RGB frames."""
     if not 0 < n <= MAX_CASES or seed < 0:
         raise ValueError(f"need 0 < n <= {MAX_CASES} and seed >= 0, got n={n}, seed={seed}")
+    objects = 1 if max_objects == 1 else None
     cases = []
     for group in groups:
         for i in range(n):
             s = case_seed(seed, group, i)
-            objects = 1 if max_objects == 1 else None
             split = "heldout" if "heldout" in group else "train"
             scene = sample_scene(s, split, num_objects=objects, still_only=group == "t2i")
             text = caption(scene, s, image=group == "t2i")
