@@ -30,14 +30,18 @@ import json, sys
 from lumos.training.config import load_config
 from lumos.training.distributed import shutdown_distributed
 from lumos.training.train import Trainer
+
+def run(out, overrides):
+    trainer = Trainer(load_config(preset="tiny-cpu-joint", overrides=overrides))
+    rows = trainer.fit()
+    val = trainer.validate()
+    if trainer.ctx.is_main:
+        json.dump({"rows": rows, "val": val, "parallel": trainer.parallel}, open(out, "w"))
+    trainer.ctx.barrier()
+
 out, *overrides = sys.argv[1:]
-trainer = Trainer(load_config(preset="tiny-cpu-joint", overrides=overrides))
-rows = trainer.fit()
-val = trainer.validate()
-if trainer.ctx.is_main:
-    json.dump({"rows": rows, "val": val, "parallel": trainer.parallel}, open(out, "w"))
-trainer.ctx.barrier()
-shutdown_distributed()  # as `lumos train` does: no gloo threads left running at exit
+run(out, overrides)
+shutdown_distributed()  # as `lumos train` does: trainer gone, group destroyed before exit
 """
 
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,13 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path):
         "tensorboard=true",
         "optim.lr=3e-3",
     )
-    rows = Trainer(cfg, resume=False).fit()
+    trainer = Trainer(cfg, resume=False)
+    rows = trainer.fit()
+    # No reference cycles: dropping the trainer frees it at once (lumos train relies on this to
+    # free the model before it destroys the process group).
+    freed = weakref.ref(trainer)
+    del trainer
+    assert freed() is None
     assert [r["kind"] for r in rows[:4]] == ["video", "image", "video", "image"]
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
     video = [r for r in rows if r["kind"] == "video"]

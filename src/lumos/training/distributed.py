@@ -14,6 +14,7 @@ FSDP is told to reduce with plain sums and divide afterwards (``set_force_sum_re
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 
@@ -65,7 +66,15 @@ def init_distributed() -> DistContext:
 
 
 def shutdown_distributed() -> None:
+    """Destroy the process group while the interpreter is fully alive.
+
+    Drop every reference to the objects that use the group (trainer, DDP/FSDP-wrapped model)
+    before calling this: wrapped models hold reference cycles, which the collection here frees, so
+    the group and its gloo threads go now and not during interpreter shutdown (where tearing them
+    down can abort the process after a successful run).
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -16,6 +16,7 @@ checkpoint-directory format, loadable with ``LumosModel.from_pretrained``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -236,8 +237,8 @@ class Trainer:
             eps=cfg.optim.eps,
         )
         self.source = source or make_source(cfg, self.vocab, self.ctx, "train")
-        self.validation_sources = validation_sources or (
-            lambda: make_source(cfg, self.vocab, self.ctx, "val")
+        self.validation_sources = validation_sources or functools.partial(
+            make_source, cfg, self.vocab, self.ctx, "val"
         )
         self.step = 0
         self.writer = None
@@ -490,6 +491,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> list[dict]:
     try:
         rows = trainer.fit()
         trainer.ctx.barrier()  # every rank done before the group is torn down (gloo aborts else)
-        return rows
     finally:
+        del trainer  # the wrapped model holds the process group: free it before the group goes
         distributed.shutdown_distributed()
+    return rows
