@@ -44,6 +44,20 @@ def test_batch_equals_single_prompts(pipe):
         assert diff.max() <= 1
 
 
+def test_sampling_options_reach_the_sampler(pipe):
+    """No confidence noise and top-1 sampling make decoding deterministic: the seed no longer
+    matters (it does with the default sampling)."""
+    kw = dict(num_frames=5, height=48, width=64, num_inference_steps=2)
+
+    def codes(seed, **extra):
+        return pipe("a red circle", generator=torch.Generator().manual_seed(seed), **kw, **extra)
+
+    greedy = dict(temperature=0.0, top_k=1)
+    assert torch.equal(codes(1, **greedy).codes, codes(2, **greedy).codes)
+    assert not torch.equal(codes(1).codes, codes(2).codes)
+    assert not torch.equal(codes(1, top_k=1).codes, codes(2, top_k=1).codes)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -53,6 +67,8 @@ def test_batch_equals_single_prompts(pipe):
         ({"prompt": "x", "image": np.zeros((32, 32, 3), np.uint8)}, "resize"),
         ({"prompt": "x", "num_inference_steps": 0}, "num_steps"),
         ({"prompt": "x", "history_mask_ratio": 1.5}, "history_mask_ratio"),
+        ({"prompt": "x", "top_k": 0}, "top_k"),
+        ({"prompt": "x", "sample_temperature": 0.0}, "sample_temperature"),
     ],
 )
 def test_bad_requests(pipe, kwargs, message):
@@ -115,6 +131,7 @@ def test_cli_generate_writes_files_and_rejects_bad_input(tmp_path, capsys):
         ["generate", "x", "--random-init", "--frames", "6", "--out", str(tmp_path / "bad.mp4")],
         ["generate", "x", "--random-init", "--image", str(tmp_path / "missing.png")],
         ["generate", "x", "--checkpoint", str(tmp_path / "nope")],
+        ["generate", "x", "--random-init", "--top-k", "0", "--out", str(tmp_path / "bad.mp4")],
     ]
     for argv in bad:
         assert main(argv) == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lumos.cli.generate import add_sampling_args, sampling_kwargs
 from lumos.errors import LumosError
 
 
@@ -30,11 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, help="RGB frames (default: the model's)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--steps", type=int, help="decoding steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory")
+    add_sampling_args(p)
     p.set_defaults(func=run)
 
 
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         args.width or d.width,
     )
     pipe.latent_shape(frames, height, width)
+    sampling = sampling_kwargs(args, d)
     cases = build_cases(args.n, height, width, frames, args.seed, args.max_objects, groups)
     bar = tqdm(total=len(cases), desc="evaluating", unit="prompt", disable=not sys.stderr.isatty())
     start = time.perf_counter()
@@ -78,9 +79,8 @@ def run(args: argparse.Namespace) -> int:
         height,
         width,
         args.batch_size,
-        args.steps,
-        args.guidance,
         progress=bar.update,
+        **sampling,
     )
     bar.close()
     report["settings"] = {
@@ -90,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "frames": frames,
         "height": height,
         "width": width,
-        "steps": args.steps or d.num_inference_steps,
-        "guidance": args.guidance if args.guidance is not None else d.guidance_scale,
+        **sampling,
         "seed": args.seed,
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -6,11 +6,15 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from lumos.errors import LumosError
+
+if TYPE_CHECKING:
+    from lumos.generation.pipeline import PipelineDefaults
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,10 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t2i", action="store_true", help="text-to-image (same as --frames 1)")
     p.add_argument("--height", type=int, help="pixels, a multiple of 8")
     p.add_argument("--width", type=int, help="pixels, a multiple of 8")
-    p.add_argument("--steps", type=int, help="mask-decoding steps per latent frame")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    p.add_argument("--history-mask-ratio", type=float, help="history masking ratio in [0, 1)")
-    p.add_argument("--temperature", type=float, default=1.0, help="confidence noise (default 1)")
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default 0)")
     p.add_argument("--image", type=Path, help="first frame for image-to-video (png, jpg, video)")
     p.add_argument(
@@ -58,6 +59,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: the model's setting)")
     p.add_argument("--fps", type=int, help="frame rate of the written file (default: model's)")
     p.set_defaults(func=run)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Decoding options shared by ``lumos generate`` and ``lumos eval`` (see ``sampling_kwargs``)."""
+    g = p.add_argument_group("sampling (defaults: the model's pipeline.json, else as shown)")
+    g.add_argument("--steps", type=int, help="mask-decoding steps per latent frame")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    g.add_argument("--history-mask-ratio", type=float, help="history masking ratio in [0, 1)")
+    g.add_argument(
+        "--temperature", type=float, default=1.0, help="noise on the keep-confidences (1)"
+    )
+    g.add_argument(
+        "--sample-temperature", type=float, default=1.0, help="token softmax temperature (1)"
+    )
+    g.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (all)")
+
+
+def sampling_kwargs(args: argparse.Namespace, defaults: PipelineDefaults) -> dict:
+    """The ``LumosPipeline.__call__`` keyword arguments set by :func:`add_sampling_args`, with
+    the unset ones taken from the model's ``defaults``."""
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return {
+        "num_inference_steps": pick(args.steps, defaults.num_inference_steps),
+        "guidance_scale": pick(args.guidance, defaults.guidance_scale),
+        "history_mask_ratio": pick(args.history_mask_ratio, defaults.history_mask_ratio),
+        "temperature": args.temperature,
+        "sample_temperature": args.sample_temperature,
+        "top_k": args.top_k,
+    }
 
 
 def slug(text: str, limit: int = 60) -> str:
@@ -93,16 +126,9 @@ def output_paths(args: argparse.Namespace, prompts: list[str], fmt: str) -> list
 
 
 def load_pipeline(args: argparse.Namespace):
-    from lumos.generation.pipeline import DEFAULT_PIPELINE_DIR, LumosPipeline
+    from lumos.generation.pipeline import LumosPipeline
 
     if args.random_init:
-        return LumosPipeline.random_init(args.seed)
-    if args.checkpoint is None and not (DEFAULT_PIPELINE_DIR / "transformer").is_dir():
-        print(
-            "lumos generate: no trained model is shipped yet; using a RANDOMLY INITIALISED "
-            "tiny model (the output is noise, not your prompt)",
-            file=sys.stderr,
-        )
         return LumosPipeline.random_init(args.seed)
     return LumosPipeline.from_pretrained(
         args.checkpoint, args.text_tokenizer, args.visual_tokenizer, args.trust_torchscript
@@ -141,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     pipe.latent_shape(frames, height, width)  # validate before any work
     image = load_image(args.image, width, height) if args.image else None
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(prompts))]
-    steps = args.steps if args.steps is not None else d.num_inference_steps
+    sampling = sampling_kwargs(args, d)
+    steps = sampling["num_inference_steps"]
     latent_frames = pipe.latent_shape(frames, height, width)[0] - (1 if image is not None else 0)
     bar = tqdm(
         total=latent_frames * steps,
@@ -155,13 +182,10 @@ def run(args: argparse.Namespace) -> int:
         num_frames=frames,
         height=height,
         width=width,
-        num_inference_steps=steps,
-        guidance_scale=args.guidance,
-        history_mask_ratio=args.history_mask_ratio,
         generator=generators,
         image=image,
-        temperature=args.temperature,
         callback=lambda *_: bar.update(1),
+        **sampling,
     )
     bar.close()
     if pipe.label:

@@ -79,11 +79,11 @@ def evaluate(
     height: int,
     width: int,
     batch_size: int = 8,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
     progress: Callable[[int], None] | None = None,
+    **sampling,
 ) -> tuple[dict, list[np.ndarray]]:
-    """Generate and judge every case. Returns (report, frames per case)."""
+    """Generate and judge every case. Returns (report, frames per case). ``sampling`` goes to
+    the pipeline call (``num_inference_steps``, ``guidance_scale``, ``top_k``, ...)."""
     records, videos = [], []
     by_kind: dict[tuple[bool, bool], list[int]] = {}
     for i, c in enumerate(cases):
@@ -97,10 +97,9 @@ def evaluate(
                 num_frames=1 if image_only else num_frames,
                 height=height,
                 width=width,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
                 generator=[torch.Generator().manual_seed(c.seed) for c in batch],
                 image=np.stack([c.image for c in batch]) if with_image else None,
+                **sampling,
             )
             for i, frames in zip(idx[b0 : b0 + batch_size], out.frames, strict=True):
                 results[i] = frames

@@ -101,8 +101,8 @@ class LumosPipeline:
         model_dir = root / "transformer" if (root / "transformer").is_dir() else root
         if path is None and not (model_dir / "config.json").is_file():
             raise LumosError(
-                "no trained default model is shipped in this installation; pass a checkpoint "
-                "path, or use LumosPipeline.random_init() for an untrained model"
+                f"the shipped model is missing from {root} (incomplete installation); "
+                "reinstall lumos or pass a checkpoint path"
             )
         text_path = Path(text_tokenizer) if text_tokenizer else root / "text_tokenizer"
         visual_path = Path(visual_tokenizer) if visual_tokenizer else root / "visual_tokenizer"
@@ -157,10 +157,14 @@ class LumosPipeline:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         image: np.ndarray | torch.Tensor | None = None,
         temperature: float = 1.0,
+        sample_temperature: float = 1.0,
+        top_k: int | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
     ) -> PipelineOutput:
         """Generate one video per prompt. ``image`` (uint8 [H, W, 3] or [B, H, W, 3], already
-        at ``height`` x ``width``) makes it image-to-video; ``num_frames=1`` is text-to-image."""
+        at ``height`` x ``width``) makes it image-to-video; ``num_frames=1`` is text-to-image.
+        ``temperature`` scales the noise on the confidences that choose which tokens to keep;
+        ``sample_temperature`` and ``top_k`` shape the token sampling itself."""
         d = self.defaults
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -186,6 +190,8 @@ class LumosPipeline:
                 d.history_mask_ratio if history_mask_ratio is None else history_mask_ratio
             ),
             temperature=temperature,
+            sample_temperature=sample_temperature,
+            top_k=top_k,
         )
         out = generate(
             self.model,
