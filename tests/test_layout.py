@@ -123,3 +123,15 @@ def test_left_padding_does_not_shift_positions_or_leak():
     assert not mask[1, 0, pad:, :pad].any()  # real tokens never see padding
     single_mask = frame_causal_mask(token_structure(b[None], V))
     assert torch.equal(mask[1, 0, pad:, pad:], single_mask[0, 0])
+
+
+def test_structure_slice_keeps_positions_of_the_full_sequence():
+    frames = torch.randint(0, 99, (3, 2, 3))
+    seqs = [build_sequence(V, [7, 8, 9], frames, 1, 8), build_sequence(V, [5, 6, 4], frames, 1, 8)]
+    s = token_structure(torch.stack(seqs), V)
+    full = rope_positions(s)
+    for start, end in [(0, 5), (12, 30), (20, len(seqs[0]))]:
+        part = s.slice(start, end)
+        assert part.frame.shape == (2, end - start) and torch.equal(part.p0, s.p0)
+        assert torch.equal(rope_positions(part), full[:, :, start:end])
+        assert torch.equal(part.content, s.content[:, start:end])

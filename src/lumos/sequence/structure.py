@@ -6,7 +6,7 @@ mask) comes from here, so a plain ``model(input_ids)`` call is exact. No per-tok
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -29,6 +29,13 @@ class TokenStructure:
     row: torch.Tensor
     col: torch.Tensor
     p0: torch.Tensor
+
+    def slice(self, start: int, end: int) -> TokenStructure:
+        """The structure of sequence positions ``start:end`` (every [B, L] field sliced on dim 1).
+        ``p0`` is per sample and kept, so positions computed from the slice equal those of the same
+        tokens in the full sequence."""
+        per_token = {f.name: getattr(self, f.name)[:, start:end] for f in fields(self) if f.name != "p0"}
+        return replace(self, **per_token)
 
 
 def token_structure(
