@@ -95,7 +95,7 @@ def run_one(length: int, attention: str, steps: int, threads: int, checkpointing
 
 def attention_paths(lengths: list[int], repeats: int, threads: int) -> None:
     """Part 2: decoder-stack forward + backward, dense mask vs split runs, alternated."""
-    from lumos.training.attention import FrameSplitMask
+    from lumos.model.attention import SplitFrameAttention
     from lumos.training.objective import MaskingConfig, collate
 
     torch.set_num_threads(threads)
@@ -110,7 +110,9 @@ def attention_paths(lengths: list[int], repeats: int, threads: int) -> None:
             for name in best:
                 start = time.perf_counter()
                 mask = (
-                    model.attention_mask(s, valid) if name == "dense" else FrameSplitMask(s, valid)
+                    model.attention_mask(s, valid)
+                    if name == "dense"
+                    else SplitFrameAttention(s, valid)
                 )
                 h, _ = model.hidden(batch.input_ids, positions, mask)
                 h.sum().backward()

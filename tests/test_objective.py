@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lumos.model.attention import SplitFrameAttention, plan_runs
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
 from lumos.sequence.layout import build_sequence
 from lumos.sequence.structure import token_structure
 from lumos.sequence.vocab import Vocabulary
-from lumos.training.attention import SplitFrameAttention, plan_runs
 from lumos.training.objective import (
     ARDFObjective,
     MaskingConfig,

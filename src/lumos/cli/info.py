@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from lumos.model.checkpoint import map_safetensors, read_config, weight_files
+from lumos.model.checkpoint import read_config, read_state_dict
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,11 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def describe(path: Path) -> str:
     cfg = read_config(path)
-    counts: dict[str, int] = {}
-    for file in weight_files(path):
-        for name, t in map_safetensors(file).items():
-            if not name.startswith("model.vqmodel."):
-                counts[name] = math.prod(t.shape)
+    counts = {name: math.prod(t.shape) for name, t in read_state_dict(path, mmap=True).items()}
     total = sum(counts.values())
     embed = counts.get("model.embed_tokens.weight", 0) + counts.get("lm_head.weight", 0)
     v = cfg.vocab

@@ -1,8 +1,10 @@
-"""Loading and saving model checkpoints (Hugging Face directory layout).
+"""Reading and writing model checkpoint files (Hugging Face directory layout).
 
 A checkpoint directory holds ``config.json`` and either ``model.safetensors`` or a sharded
 ``model.safetensors.index.json``. Official Lumos-1 configs (Chameleon) and our own
-(``"lumos_format": 1``) are both understood; keys ``model.vqmodel.*`` are ignored.
+(``"lumos_format": 1``) are both understood; keys under :data:`IGNORED_PREFIXES` (the official
+checkpoints' bundled VQ tokenizer) are dropped on reading. This module only moves tensors and
+JSON; building the model from them is ``LumosModel.from_pretrained`` / ``save_pretrained``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -20,10 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lumos.errors import LumosError
-from lumos.model.config import ROPE_TYPES, LumosConfig
-from lumos.model.rope import slot_axes
+from lumos.model.config import LumosConfig
 
-IGNORED_PREFIXES = ("model.vqmodel.",)
+IGNORED_PREFIXES = ("model.vqmodel.",)  # checkpoint keys that are not part of the model
 
 
 def read_config(path: str | os.PathLike) -> LumosConfig:
@@ -101,6 +103,8 @@ def map_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(path: Path, mmap: bool = True) -> dict[str, torch.Tensor]:
+    """Every model tensor of the checkpoint at ``path`` (ignored prefixes dropped), unchecked;
+    with ``mmap`` nothing is read from disk until touched."""
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         try:
@@ -113,21 +117,20 @@ def read_state_dict(path: Path, mmap: bool = True) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(path, dtype: torch.dtype | None = None, device="cpu", mmap: bool = True):
-    """Load a LumosModel from a checkpoint directory; mismatches are one-line errors.
-
-    With ``mmap`` (the default) weights stay memory-mapped from the file until written to or
-    converted, so peak memory is what the job touches."""
-    from lumos.model.transformer import LumosModel
-
-    path = Path(path)
-    cfg = read_config(path)
+def read_weights(
+    path: Path,
+    shapes: Mapping[str, torch.Size],
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    mmap: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, checked against the ``shapes`` a model expects (one-line
+    errors on missing, unexpected or mis-shaped keys) and cast to ``dtype``. Without a ``dtype``,
+    floating-point weights become float32 on CPU (no fast bf16/fp16 matmul there). With ``mmap``
+    (CPU only) untouched tensors stay memory-mapped, so peak memory is what the job touches."""
     state = read_state_dict(path, mmap=mmap and str(device) == "cpu")
-    with torch.device("meta"):
-        model = LumosModel(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
     if missing or unexpected:
         parts = []
         if missing:
@@ -135,34 +138,35 @@ def load_model(path, dtype: torch.dtype | None = None, device="cpu", mmap: bool 
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
         raise LumosError(f"checkpoint {path} does not match its config: " + "; ".join(parts))
-    for k, shape in expected.items():
+    for k, shape in shapes.items():
         if state[k].shape != shape:
             raise LumosError(
                 f"checkpoint {path}: {k} has shape {tuple(state[k].shape)}, config implies "
                 f"{tuple(shape)}"
             )
     if dtype is not None:
-        state = {k: v.to(dtype) for k, v in state.items()}
-    elif str(device) == "cpu":
-        # Half-precision checkpoints run in fp32 on CPU (no fast bf16 matmul there).
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, assign=True)
-    # Non-persistent buffers are not in the state dict: rebuild them off the meta device.
-    model.rope_axes = slot_axes(cfg.head_dim, ROPE_TYPES[cfg.rope_type][0])
-    return model.to(device).eval()
+        return {k: v.to(dtype) for k, v in state.items()}
+    if str(device) == "cpu":
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return state
 
 
-def save_model(model, path, dtype: torch.dtype | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike,
+    config: dict,
+    state: Mapping[str, torch.Tensor],
+    dtype: torch.dtype | None = None,
+) -> None:
     """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename).
 
-    ``dtype`` stores the weights in another precision (e.g. float16 to halve a shipped model;
-    loading on CPU converts back to float32)."""
+    ``dtype`` stores the floating-point weights in another precision (e.g. float16 to halve a
+    shipped model; loading on CPU converts back to float32)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})

@@ -7,12 +7,16 @@ frame-causal mask from the ids; generation passes positions, a KV cache and no d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lumos.model.attention import AttentionMask
+from lumos.model.checkpoint import read_config, read_weights, save_checkpoint
 from lumos.model.config import ROPE_TYPES, LumosConfig
 from lumos.model.kv_cache import KVCache
 from lumos.model.rope import apply_rope, rope_cos_sin, slot_axes
@@ -67,7 +71,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: AttentionMask,
         cache: KVCache | None = None,
         layer: int = 0,
         cache_start: int = 0,
@@ -106,7 +110,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0, cache_start=0):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: AttentionMask,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        cache_start: int = 0,
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, cache_start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -147,6 +160,12 @@ class LumosModel(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)) and not module.weight.is_meta:
             nn.init.normal_(module.weight, std=self.config.initializer_range)
 
+    def init_buffers(self) -> None:
+        """Rebuild the non-persistent buffers (absent from state dicts), e.g. after loading
+        weights into a model built on the meta device."""
+        allocation, _ = ROPE_TYPES[self.config.rope_type]
+        self.rope_axes = slot_axes(self.config.head_dim, allocation)
+
     # ---- structure from ids ---------------------------------------------------------------
     def positions(self, input_ids: torch.Tensor, valid: torch.Tensor | None = None):
         """Position streams [B, 3, L] and the token structure derived from the ids."""
@@ -161,15 +180,14 @@ class LumosModel(nn.Module):
         """Dense boolean mask [B, 1, L, L] for a full sequence (frame-causal or causal)."""
         if self.config.frame_bidirectional:
             return frame_causal_mask(s, valid)
-        s_causal = type(s)(s.index, torch.full_like(s.frame, -1), s.content, s.row, s.col, s.p0)
-        return frame_causal_mask(s_causal, valid)
+        return frame_causal_mask(replace(s, frame=torch.full_like(s.frame, -1)), valid)
 
     # ---- forward --------------------------------------------------------------------------
     def hidden(
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: AttentionMask,
         cache: KVCache | None = None,
         cache_start: int = 0,
         output_hidden_states: bool = False,
@@ -232,13 +250,25 @@ class LumosModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device="cpu") -> LumosModel:
-        from lumos.model.checkpoint import load_model
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        mmap: bool = True,
+    ) -> LumosModel:
+        """Load a checkpoint directory (official Lumos-1 or lumos format); mismatches are
+        one-line errors. Built on the meta device, then the checkpoint's tensors are assigned;
+        with ``mmap`` (CPU only) they stay memory-mapped until written to or converted."""
+        path = Path(path)
+        cfg = read_config(path)
+        with torch.device("meta"):
+            model = cls(cfg)
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        model.load_state_dict(read_weights(path, shapes, dtype, device, mmap), assign=True)
+        model.init_buffers()
+        return model.to(device).eval()
 
-        return load_model(path, dtype=dtype, device=device)
-
-    def save_pretrained(self, path, dtype: torch.dtype | None = None) -> None:
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Save config.json + model.safetensors; ``dtype`` optionally changes the stored precision."""
-        from lumos.model.checkpoint import save_model
-
-        save_model(self, path, dtype)
+        save_checkpoint(path, self.config.to_dict(), self.state_dict(), dtype)

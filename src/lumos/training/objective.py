@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumos.errors import LumosError
+from lumos.model.attention import SplitFrameAttention
 from lumos.model.transformer import LumosModel
 from lumos.sequence.structure import TokenStructure, token_structure
 from lumos.sequence.vocab import Vocabulary
-from lumos.training.attention import SplitFrameAttention
 
 # Mask-ratio schedules: u ~ U[0, 1) -> masking ratio p (before the min_rate clamp).
 SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -28,7 +28,6 @@ import torch
 from tqdm import tqdm
 
 from lumos.errors import LumosError
-from lumos.model.checkpoint import save_model
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
 from lumos.sequence.vocab import Vocabulary
@@ -282,7 +281,7 @@ class Trainer:
             model.load_state_dict(
                 {k.removeprefix("model."): v for k, v in state.items()}, assign=True
             )
-            save_model(model, path)
+            model.save_pretrained(path)
 
     # ---- logging -----------------------------------------------------------------------
     def log(self, message: str) -> None:

@@ -19,11 +19,26 @@ so activation memory grows linearly with the length.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from lumos.sequence.structure import TokenStructure
+
+
+class AttentionFunction(Protocol):
+    """Replaces ``F.scaled_dot_product_attention`` inside the model's attention layers:
+    ``q`` [B, H, L, D], ``k``/``v`` [B, H_kv, S, D] (already rotated and cached) -> [B, H, L, D]."""
+
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool
+    ) -> torch.Tensor: ...
+
+
+# What the model's layers take as ``mask``: a boolean mask broadcastable to [B, H, L, S]
+# (True = may attend), an attention function, or None (every query sees every key).
+AttentionMask = torch.Tensor | AttentionFunction | None
 
 PAD_RUN = -2  # frame value given to padding so it never joins a real run
 
