@@ -66,6 +66,7 @@ LumosModel.from_pretrained('runs/default-model-v3/model').save_pretrained(
     '$OUT/transformer', dtype=torch.float16)"  # half-size storage; runs in float32
 cat > "$OUT/pipeline.json" <<JSON
 {"fps": 4, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 16,
- "guidance_scale": 3.0, "history_mask_ratio": 0.7, "num_threads": 1}
+ "guidance_scale": 3.0, "history_mask_ratio": 0.7, "num_threads": 1,
+ "prompt_domain": "procedural-world"}
 JSON
 lumos eval --n 100 --out eval/default

@@ -9,8 +9,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lumos.cli.generate import add_sampling_args, sampling_kwargs
+from lumos import validate
+from lumos.cli.generate import FRAMES_ARG, SIDE_ARG, add_sampling_args, sampling_kwargs
 from lumos.errors import LumosError
+from lumos.evaluation.evaluate import MAX_CASES
+
+MAX_SEED = 1_000_000  # case seeds grow as seed * MAX_CASES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,16 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", type=Path, help="pipeline directory (default: shipped model)")
     p.add_argument("--random-init", action="store_true", help="evaluate an untrained model")
-    p.add_argument("--n", type=int, default=100, help="prompts per group (default 100)")
+    p.add_argument(
+        "--n", type=validate.int_arg(1, MAX_CASES), default=100, help="prompts per group (default 100)"
+    )
     p.add_argument("--groups", default="t2v_heldin,t2v_heldout,t2i,i2v_heldout")
     p.add_argument(
         "--max-objects", type=int, choices=[1, 2], default=1, help="objects per prompt (default 1)"
     )
-    p.add_argument("--frames", type=int, help="RGB frames (default: the model's)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=FRAMES_ARG, help="RGB frames (default: the model's)")
+    p.add_argument("--height", type=SIDE_ARG, help="pixels (default: the model's)")
+    p.add_argument("--width", type=SIDE_ARG, help="pixels (default: the model's)")
+    p.add_argument("--batch-size", type=validate.int_arg(1, 1024), default=8)
+    p.add_argument("--seed", type=validate.int_arg(0, MAX_SEED), default=0)
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory")
     add_sampling_args(p)
     p.set_defaults(func=run)
@@ -41,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from lumos.evaluation.evaluate import (
         GROUPS,
-        MAX_CASES,
         build_cases,
         contact_sheet,
         evaluate,
@@ -54,19 +59,17 @@ def run(args: argparse.Namespace) -> int:
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
         raise LumosError(f"unknown groups {unknown}; choose from {','.join(GROUPS)}")
-    if not 1 <= args.n <= MAX_CASES or args.batch_size < 1 or args.seed < 0:
-        raise LumosError(f"--n must be in 1..{MAX_CASES}, --batch-size >= 1 and --seed >= 0")
+    report_path = validate.output_path(args.out / "report.json", "file", what="--out")
+    sheet_path = validate.output_path(args.out / "contact_sheet.png", "file", what="--out")
     pipe = (
         LumosPipeline.random_init(args.seed)
         if args.random_init
         else LumosPipeline.from_pretrained(args.checkpoint)
     )
     d = pipe.defaults
-    frames, height, width = (
-        args.frames or d.num_frames,
-        args.height or d.height,
-        args.width or d.width,
-    )
+    frames = d.num_frames if args.frames is None else args.frames
+    height = d.height if args.height is None else args.height
+    width = d.width if args.width is None else args.width
     pipe.latent_shape(frames, height, width)
     sampling = sampling_kwargs(args, d)
     cases = build_cases(args.n, height, width, frames, args.seed, args.max_objects, groups)
@@ -95,6 +98,6 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(format_table(report))
-    print(write_report(report, args.out / "report.json"))
-    print(contact_sheet(cases, videos, args.out / "contact_sheet.png"))
+    print(write_report(report, report_path))
+    print(contact_sheet(cases, videos, sheet_path))
     return 0

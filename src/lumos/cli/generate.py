@@ -11,10 +11,23 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from lumos import validate
 from lumos.errors import LumosError
 
 if TYPE_CHECKING:
     from lumos.generation.pipeline import PipelineDefaults
+
+
+FORMATS = ("mp4", "gif", "png")
+MAX_PROMPT_CHARS = 2000  # the pipeline also bounds the prompt in tokens
+MAX_SIDE = 4096  # pixels
+MAX_FRAMES = 1 + 4 * 64  # RGB frames
+MAX_STEPS = 1000
+DEFAULT_BATCH, MAX_BATCH = 8, 1024
+FRAMES_ARG = validate.int_arg(1, MAX_FRAMES)
+SIDE_ARG = validate.int_arg(1, MAX_SIDE)
+FPS_ARG = validate.int_arg(1, 240)
+EXAMPLE_PROMPT = "a red circle moves to the left"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,19 +38,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Defaults come from the model's pipeline.json.",
     )
     p.add_argument("prompts", nargs="*", help="one or more prompts")
-    p.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
+    p.add_argument(
+        "--prompts-file", type=Path, help="a UTF-8 text file with one prompt per line"
+    )
     p.add_argument(
         "--out",
         type=Path,
         help="output file (one prompt) or directory (several); default outputs/<prompt>.<format>",
     )
     p.add_argument("--format", choices=["mp4", "gif", "png"], help="default: from --out, else mp4")
-    p.add_argument("--frames", type=int, help="RGB frames, 1 + 4k (1 = text-to-image)")
+    p.add_argument("--frames", type=FRAMES_ARG, help="RGB frames, 1 + 4k (1 = text-to-image)")
     p.add_argument("--t2i", action="store_true", help="text-to-image (same as --frames 1)")
-    p.add_argument("--height", type=int, help="pixels, a multiple of 8")
-    p.add_argument("--width", type=int, help="pixels, a multiple of 8")
+    p.add_argument("--height", type=SIDE_ARG, help="pixels, a multiple of 8")
+    p.add_argument("--width", type=SIDE_ARG, help="pixels, a multiple of 8")
     add_sampling_args(p)
-    p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default 0)")
+    p.add_argument(
+        "--seed", type=validate.SEED_ARG, default=0, help="prompt i uses seed + i (default 0)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=validate.int_arg(1, MAX_BATCH),
+        default=DEFAULT_BATCH,
+        help=f"prompts generated together (default {DEFAULT_BATCH}); more prompts run in turns",
+    )
     p.add_argument("--image", type=Path, help="first frame for image-to-video (png, jpg, video)")
     p.add_argument(
         "--checkpoint",
@@ -56,24 +79,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="use an untrained, randomly initialised tiny model (output is noise)",
     )
-    p.add_argument("--threads", type=int, help="CPU threads (default: the model's setting)")
-    p.add_argument("--fps", type=int, help="frame rate of the written file (default: model's)")
+    p.add_argument(
+        "--threads", type=validate.THREADS_ARG, help="CPU threads (default: the model's setting)"
+    )
+    p.add_argument(
+        "--fps", type=FPS_ARG, help="frame rate of the written file (default: the model's)"
+    )
     p.set_defaults(func=run)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """Decoding options shared by ``lumos generate`` and ``lumos eval`` (see ``sampling_kwargs``)."""
     g = p.add_argument_group("sampling (defaults: the model's pipeline.json, else as shown)")
-    g.add_argument("--steps", type=int, help="mask-decoding steps per latent frame")
-    g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    g.add_argument("--history-mask-ratio", type=float, help="history masking ratio in [0, 1)")
+    # Types refuse what is never a valid value (NaN, inf, fractions); the ranges of the
+    # sampling settings are GenerationConfig's to check.
+    finite = validate.float_arg()
     g.add_argument(
-        "--temperature", type=float, default=1.0, help="noise on the keep-confidences (1)"
+        "--steps", type=validate.int_arg(1, MAX_STEPS), help="mask-decoding steps per latent frame"
+    )
+    g.add_argument("--guidance", type=finite, help="classifier-free guidance scale")
+    g.add_argument("--history-mask-ratio", type=finite, help="history masking ratio in [0, 1)")
+    g.add_argument(
+        "--temperature", type=finite, default=1.0, help="noise on the keep-confidences (1)"
     )
     g.add_argument(
-        "--sample-temperature", type=float, default=1.0, help="token softmax temperature (1)"
+        "--sample-temperature", type=finite, default=1.0, help="token softmax temperature (1)"
     )
-    g.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (all)")
+    g.add_argument(
+        "--top-k", type=validate.int_arg(1), help="sample among the k likeliest tokens (all)"
+    )
 
 
 def sampling_kwargs(args: argparse.Namespace, defaults: PipelineDefaults) -> dict:
@@ -98,31 +132,84 @@ def slug(text: str, limit: int = 60) -> str:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts of the command line then of ``--prompts-file`` (UTF-8, blank lines and a
+    byte-order mark skipped), each checked for length."""
     prompts = list(args.prompts)
     if args.prompts_file:
-        if not args.prompts_file.is_file():
-            raise LumosError(f"prompts file {args.prompts_file} does not exist")
-        prompts += [ln.strip() for ln in args.prompts_file.read_text().splitlines() if ln.strip()]
+        text = validate.read_text(args.prompts_file, "prompts file")
+        prompts += [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not prompts:
-        raise LumosError('no prompt given; e.g. lumos generate "a red circle moves to the left"')
-    if any(not p.strip() for p in prompts):
-        raise LumosError("a prompt is empty; give a sentence describing the video")
+        raise LumosError(f'no prompt given; e.g. lumos generate "{EXAMPLE_PROMPT}"')
+    for i, p in enumerate(prompts):
+        if not p.strip():
+            raise LumosError("a prompt is empty; give a sentence describing the video")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise LumosError(
+                f"prompt {i + 1} has {len(p)} characters; at most {MAX_PROMPT_CHARS} are allowed"
+            )
     return prompts
 
 
+def output_format(args: argparse.Namespace) -> str:
+    """``--format``, else the suffix of an ``--out`` file, else mp4; a conflict is an error."""
+    suffix = args.out.suffix.lstrip(".").lower() if args.out is not None else ""
+    named = suffix if suffix in FORMATS and not args.out.is_dir() else None
+    if args.format and named and args.format != named:
+        raise LumosError(f"--format {args.format} conflicts with --out {args.out} (.{named})")
+    return args.format or named or "mp4"
+
+
 def output_paths(args: argparse.Namespace, prompts: list[str], fmt: str) -> list[Path]:
-    if args.out is not None and len(prompts) == 1 and args.out.suffix:
-        return [args.out]
-    folder = args.out if args.out is not None else Path("outputs")
-    if folder.suffix:
+    """One path per prompt: ``--out`` itself for one prompt and a file name with a format
+    suffix; else files in the ``--out`` (default ``outputs``) directory named after the
+    prompts, never replacing an existing file (a number is appended instead). Each path is
+    checked for writability here, before any work."""
+    inputs = [args.prompts_file, args.image]
+    out = args.out
+    is_file = out is not None and out.suffix.lower().lstrip(".") in FORMATS and not out.is_dir()
+    if is_file and len(prompts) == 1:
+        return [validate.output_path(out, "file", inputs, "--out")]
+    if is_file:
         raise LumosError(
-            f"--out {folder} names a file but there are {len(prompts)} prompts; give a directory"
+            f"--out {out} names a file but there are {len(prompts)} prompts; give a directory"
         )
-    names = [
-        f"{i:03d}_{slug(p)}.{fmt}" if len(prompts) > 1 else f"{slug(p)}.{fmt}"
-        for i, p in enumerate(prompts)
-    ]
-    return [folder / n for n in names]
+    folder = validate.output_path(out if out is not None else Path("outputs"), "dir", inputs)
+    width = max(3, len(str(len(prompts) - 1)))
+    paths: list[Path] = []
+    taken: set[Path] = set()
+    for i, p in enumerate(prompts):
+        stem = f"{i:0{width}d}_{slug(p)}" if len(prompts) > 1 else slug(p)
+        path, n = folder / f"{stem}.{fmt}", 1
+        while path in taken or path.exists():
+            n += 1
+            path = folder / f"{stem}_{n}.{fmt}"
+        taken.add(path)
+        paths.append(path)
+    return paths
+
+
+def domain_warning(prompts: list[str], domain: str | None) -> str | None:
+    """A warning when prompts name nothing of the model's prompt domain (``prompt_domain`` in
+    pipeline.json; only the procedural world's is known to lumos), else None."""
+    from lumos.generation.pipeline import WORLD_PROMPT_DOMAIN
+
+    if domain != WORLD_PROMPT_DOMAIN:
+        return None
+    from lumos.data.world import parse_caption
+
+    unknown = []
+    for p in prompts:
+        try:
+            parse_caption(p)
+        except LumosError:
+            unknown.append(p)
+    if not unknown:
+        return None
+    which = f"{unknown[0]!r}" + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else "")
+    return (
+        f"warning: {which} names nothing this model was trained on (coloured shapes of the "
+        f'procedural world); output will be mostly empty; e.g. "{EXAMPLE_PROMPT}"'
+    )
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -146,50 +233,52 @@ def run(args: argparse.Namespace) -> int:
     from lumos.generation.pipeline import save_frames
 
     prompts = read_prompts(args)
-    fmt = args.format or (
-        args.out.suffix.lstrip(".").lower() if args.out and args.out.suffix else "mp4"
-    )
-    if fmt not in ("mp4", "gif", "png"):
-        raise LumosError(f"unsupported output format {fmt!r}; use mp4, gif or png")
+    if args.seed + len(prompts) - 1 > validate.MAX_SEED:
+        raise LumosError(f"--seed + number of prompts must stay <= {validate.MAX_SEED}")
+    fmt = output_format(args)
     if args.t2i and args.image:
         raise LumosError("--t2i and --image exclude each other")
+    if args.image is not None:
+        validate.input_file(args.image, "--image")
     paths = output_paths(args, prompts, fmt)
-    if args.threads is not None and args.threads < 1:
-        raise LumosError(f"--threads must be >= 1, got {args.threads}")
     pipe = load_pipeline(args)
     d = pipe.defaults
-    threads = args.threads or d.num_threads
+    threads = args.threads if args.threads is not None else d.num_threads
     if threads:
         torch.set_num_threads(threads)
     frames = 1 if args.t2i else (args.frames if args.frames is not None else d.num_frames)
-    height = args.height or d.height
-    width = args.width or d.width
+    height = d.height if args.height is None else args.height
+    width = d.width if args.width is None else args.width
     pipe.latent_shape(frames, height, width)  # validate before any work
+    if warning := domain_warning(prompts, d.prompt_domain):
+        print(warning, file=sys.stderr)
     image = load_image(args.image, width, height) if args.image else None
-    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(prompts))]
     sampling = sampling_kwargs(args, d)
     steps = sampling["num_inference_steps"]
     latent_frames = pipe.latent_shape(frames, height, width)[0] - (1 if image is not None else 0)
     bar = tqdm(
-        total=latent_frames * steps,
+        total=latent_frames * steps * len(prompts),
         desc="generating",
         unit="step",
         leave=False,
         disable=not sys.stderr.isatty(),
     )
-    out = pipe(
-        prompts,
-        num_frames=frames,
-        height=height,
-        width=width,
-        generator=generators,
-        image=image,
-        callback=lambda *_: bar.update(1),
-        **sampling,
-    )
+    # Prompt i always uses seed + i, so the batching does not change any output.
+    for start in range(0, len(prompts), args.batch_size):
+        chunk = range(start, min(start + args.batch_size, len(prompts)))
+        out = pipe(
+            [prompts[i] for i in chunk],
+            num_frames=frames,
+            height=height,
+            width=width,
+            generator=[torch.Generator().manual_seed(args.seed + i) for i in chunk],
+            image=image,
+            callback=lambda *_: bar.update(1),
+            **sampling,
+        )
+        for video, i in zip(out.frames, chunk, strict=True):
+            print(save_frames(video, paths[i], out.fps if args.fps is None else args.fps))
     bar.close()
     if pipe.label:
         print(f"note: generated with a {pipe.label} model", file=sys.stderr)
-    for video, path in zip(out.frames, paths, strict=True):
-        print(save_frames(video, path, args.fps or out.fps))
     return 0

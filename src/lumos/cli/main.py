@@ -2,14 +2,16 @@
 
 Each subcommand lives in its own module under ``lumos.cli`` and exposes
 ``register(subparsers)``, which adds an argparse parser whose ``func`` default is the
-function to run with the parsed arguments. User errors (:class:`lumos.errors.LumosError`)
-are printed as one line and exit with status 2.
+function to run with the parsed arguments. User errors (:class:`lumos.errors.LumosError`
+and bad options) are printed as one line and exit with status 2. A closed standard output
+(``lumos generate ... | head -1``) does not stop a command: its outputs are still written.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from lumos.errors import LumosError
@@ -27,8 +29,58 @@ COMMANDS = [
 ]
 
 
+def one_line(message: object) -> str:
+    """A message on one line (what a user error prints)."""
+    return " ".join(str(message).split())
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+class _GuardedStdout:
+    """Standard output that keeps the command running when the reader goes away: after a
+    BrokenPipeError further output is discarded (stdout is pointed at /dev/null so the
+    interpreter's final flush cannot fail either)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except BrokenPipeError:
+                self._discard()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._discard()
+
+    def _discard(self) -> None:
+        self._closed = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real file (e.g. captured by a test): nothing to flush at exit
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lumos",
         description="Lumos-1: autoregressive image and video generation with an LLM.",
     )
@@ -41,15 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # a bad option (one line printed) or --help
+        return exit.code if isinstance(exit.code, int) else 2
+    stdout, sys.stdout = sys.stdout, _GuardedStdout(sys.stdout)
     try:
         result = args.func(args)
     except LumosError as err:
-        print(f"lumos {args.command}: error: {err}", file=sys.stderr)
+        print(f"lumos {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lumos {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
     return int(result or 0)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lumos import validate
+from lumos.atomic import atomic_path, write_text
 from lumos.data.world import SPLITS, ProceduralWorld
 from lumos.errors import LumosError
 from lumos.evaluation.analyser import analyse, score
@@ -23,14 +25,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "what the analyser reads off each sample and whether it matches the scene.",
     )
     p.add_argument("--out", type=Path, required=True, help="output directory (created)")
-    p.add_argument("--n", type=int, default=8, help="number of samples (default 8)")
+    p.add_argument(
+        "--n", type=validate.int_arg(1, 100_000), default=8, help="number of samples (default 8)"
+    )
     p.add_argument("--split", choices=SPLITS, default="train")
     p.add_argument("--size", default="64x64", help="HxW canvas in pixels (default 64x64)")
-    p.add_argument("--frames", type=int, default=9, help="RGB frames per video (default 9)")
-    p.add_argument("--image-fraction", type=float, default=0.0, help="share of images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling factor")
-    p.add_argument("--fps", type=float, default=4.0, help="GIF frame rate")
+    p.add_argument(
+        "--frames",
+        type=validate.int_arg(1, 257),
+        default=9,
+        help="RGB frames per video (default 9)",
+    )
+    p.add_argument(
+        "--image-fraction", type=validate.float_arg(0, 1), default=0.0, help="share of images"
+    )
+    p.add_argument("--seed", type=validate.SEED_ARG, default=0)
+    p.add_argument(
+        "--scale", type=validate.int_arg(1, 64), default=4, help="nearest-neighbour upscaling"
+    )
+    p.add_argument(
+        "--fps", type=validate.float_arg(0, 100, lo_open=True), default=4.0, help="GIF frame rate"
+    )
     p.add_argument("--analyse", action="store_true", help="run the analyser on each sample")
     p.set_defaults(func=run)
 
@@ -40,13 +55,14 @@ def _canvas(text: str) -> tuple[int, int]:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise LumosError(f"--size {text!r} is not HxW, e.g. 64x96") from None
+    for name, value in (("height", height), ("width", width)):
+        validate.integer(f"--size {name}", value, 1, 4096)
     return height, width
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.n < 1 or args.scale < 1 or args.fps <= 0:
-        raise LumosError("--n and --scale must be >= 1 and --fps > 0")
     height, width = _canvas(args.size)
+    validate.output_path(args.out, "dir", what="--out")
     world = ProceduralWorld(
         args.split, height, width, args.frames, args.seed, args.image_fraction, length=args.n
     )
@@ -60,16 +76,17 @@ def run(args: argparse.Namespace) -> int:
         big = sample.frames.repeat(args.scale, 1).repeat(args.scale, 2)
         images = [Image.fromarray(f) for f in big]
         name = f"{i:04d}.{'gif' if len(images) > 1 else 'png'}"
-        if len(images) > 1:
-            images[0].save(
-                args.out / name,
-                save_all=True,
-                append_images=images[1:],
-                duration=int(1000 / args.fps),
-                loop=0,
-            )
-        else:
-            images[0].save(args.out / name)
+        with atomic_path(args.out / name) as tmp:
+            if len(images) > 1:
+                images[0].save(
+                    tmp,
+                    save_all=True,
+                    append_images=images[1:],
+                    duration=int(1000 / args.fps),
+                    loop=0,
+                )
+            else:
+                images[0].save(tmp)
         lines.append(f"{name}\t{sample.caption}")
         print(f"{name}  {sample.caption}")
         if args.analyse:
@@ -89,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             for r in rows
         ]
     )
-    Image.fromarray(sheet).save(args.out / "sheet.png")
-    (args.out / "captions.txt").write_text("\n".join(lines) + "\n")
+    with atomic_path(args.out / "sheet.png") as tmp:
+        Image.fromarray(sheet).save(tmp)
+    write_text(args.out / "captions.txt", "\n".join(lines) + "\n")
     print(f"wrote {args.n} samples, sheet.png and captions.txt to {args.out}")
     return 0

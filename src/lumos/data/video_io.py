@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from lumos.atomic import atomic_path
 from lumos.data.buckets import choose_bucket, resize_crop_box
 from lumos.errors import LumosError
 
@@ -255,27 +254,15 @@ def write_video(
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".mp4":
-            with _atomic(p) as tmp:
+            with atomic_path(p) as tmp:
                 _write_mp4(tmp, video, fps, crf)
         elif suffix == ".gif":
-            with _atomic(p) as tmp:
+            with atomic_path(p) as tmp:
                 _write_gif(tmp, video, fps)
         else:
             _write_images(p, video)
     except (OSError, av.FFmpegError) as err:
         raise LumosError(f"{p}: cannot write ({err})") from err
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same suffix); rename it over ``path`` on success."""
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_mp4(path: Path, video: np.ndarray, fps: float, crf: int) -> None:
@@ -317,5 +304,5 @@ def _write_images(path: Path, video: np.ndarray) -> None:
             raise LumosError(f"{path}: bad frame pattern ({err}); use e.g. frame_%04d.png") from err
     image_format = Image.registered_extensions()[path.suffix.lower()]
     for name, frame in zip(names, video, strict=True):
-        with _atomic(name) as tmp:
+        with atomic_path(name) as tmp:
             Image.fromarray(frame).save(tmp, format=image_format)

@@ -16,8 +16,6 @@ generator, so results do not depend on the batch size, and a group's cases depen
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from lumos.atomic import atomic_path, write_text
 from lumos.data.world import caption, parse_caption, render, sample_scene
 from lumos.evaluation.analyser import aggregate, analyse, score
 from lumos.generation.pipeline import LumosPipeline
@@ -156,25 +155,13 @@ def contact_sheet(
             tile = Image.fromarray(frame).resize((w * scale, h * scale), Image.NEAREST)
             sheet.paste(tile, (label_w + t * (w * scale + pad), y))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sheet.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def write_report(report: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(report, indent=1))
 
 
 def format_table(report: dict) -> str:

@@ -3,6 +3,7 @@
 A pipeline directory holds::
 
     pipeline.json          defaults (fps, size, frames, steps, guidance, history mask ratio)
+                           and ``prompt_domain`` (see :class:`PipelineDefaults`)
     transformer/           LumosModel checkpoint (ours or official Lumos-1)
     text_tokenizer/        tokenizer.json
     visual_tokenizer/      ours (config.json + model.safetensors) or Cosmos (encoder/decoder.jit)
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lumos import validate
 from lumos.errors import LumosError
 from lumos.generation.generate import GenerationConfig, generate
 from lumos.model.config import LumosConfig
@@ -32,11 +34,17 @@ from lumos.tokenizers.text import NUM_INT_TOKENS, TextTokenizer
 from lumos.tokenizers.visual import VisualTokenizer, load_visual_tokenizer
 
 DEFAULT_PIPELINE_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
+WORLD_PROMPT_DOMAIN = "procedural-world"  # prompts as parsed by lumos.data.world.parse_caption
+MAX_PROMPT_TOKENS = 512  # text ids per prompt, template included
 
 
 @dataclass
 class PipelineDefaults:
-    """Generation defaults stored in ``pipeline.json``."""
+    """Generation defaults stored in ``pipeline.json``.
+
+    ``prompt_domain`` names what the model was trained to follow: ``"procedural-world"``
+    (coloured shapes; ``lumos generate`` warns about prompts that name none) or None
+    (open-domain, no check)."""
 
     fps: int = 4
     height: int = 64
@@ -46,14 +54,38 @@ class PipelineDefaults:
     guidance_scale: float = 3.0
     history_mask_ratio: float = 0.7
     num_threads: int | None = None  # CPU threads the CLI uses (None: PyTorch's default)
+    prompt_domain: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> PipelineDefaults:
+        """The defaults of ``path`` (all defaults if it does not exist); a malformed file or
+        value is a one-line error. Unknown keys are ignored."""
         if not path.is_file():
             return cls()
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise LumosError(f"{path} is not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise LumosError(f"{path} must hold a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        defaults = cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            defaults.check()
+        except LumosError as err:
+            raise LumosError(f"{path}: {err}") from None
+        return defaults
+
+    def check(self) -> None:
+        """Types and ranges of every field."""
+        for name in ("fps", "height", "width", "num_frames", "num_inference_steps"):
+            validate.integer(name, getattr(self, name), 1)
+        validate.number("guidance_scale", self.guidance_scale)
+        validate.number("history_mask_ratio", self.history_mask_ratio, 0, 1, hi_open=True)
+        if self.num_threads is not None:
+            validate.threads("num_threads", self.num_threads)
+        if self.prompt_domain is not None:
+            validate.choice("prompt_domain", self.prompt_domain, [WORLD_PROMPT_DOMAIN, None])
 
 
 @dataclass
@@ -178,6 +210,11 @@ class LumosPipeline:
             self.text_tokenizer.encode(prompt_text(p, width, height, fps, duration))
             for p in prompts
         ]
+        if (longest := max(len(ids) for ids in text_ids)) > MAX_PROMPT_TOKENS:
+            raise LumosError(
+                f"a prompt is {longest} tokens long with its template; at most "
+                f"{MAX_PROMPT_TOKENS} are allowed"
+            )
         given = None
         if image is not None:
             given = self.encode_image(image, len(prompts), height, width)
@@ -226,7 +263,7 @@ class LumosPipeline:
         self, image: np.ndarray | torch.Tensor, batch: int, height: int, width: int
     ) -> torch.Tensor:
         """First-frame codes [B, 1, h, w] from uint8 RGB [H, W, 3] or [B, H, W, 3]."""
-        x = torch.as_tensor(np.asarray(image))
+        x = torch.as_tensor(np.array(image))  # a copy: read-only arrays are fine
         if x.dim() == 3:
             x = x[None].expand(batch, -1, -1, -1)
         if x.dim() != 4 or x.shape[-1] != 3 or x.shape[0] != batch:
@@ -243,14 +280,17 @@ class LumosPipeline:
 def save_frames(frames: np.ndarray, path: str | Path, fps: int) -> Path:
     """Write one generated video (uint8 [T, H, W, 3]) to ``.mp4``, ``.gif`` or ``.png``.
 
-    A ``.png`` of several frames is one image with the frames side by side. Writes are atomic.
+    A ``.png`` of several frames is one image with the frames side by side; a name with a
+    ``%d`` pattern (``frame_%04d.png``) writes one image per frame instead. Writes are atomic.
+    Returns the path written (for a pattern, the first frame's).
     """
     from lumos.data.video_io import write_video
 
     path = Path(path)
     if path.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise LumosError(f"unsupported output format {path.suffix!r}; use .mp4, .gif or .png")
-    if path.suffix.lower() == ".png" and len(frames) > 1:
+    pattern = "%" in path.name
+    if path.suffix.lower() == ".png" and len(frames) > 1 and not pattern:
         frames = np.concatenate(list(frames), axis=1)
     write_video(path, frames, fps)
-    return path
+    return path.with_name(path.name % 1) if pattern else path
