@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from lumos.data import shards as fmt
+from lumos.data.kinds import step_kind
 from lumos.errors import LumosError
 from lumos.model.transformer import LumosModel
 from lumos.sequence.layout import parse_sequence
@@ -21,7 +22,7 @@ from lumos.sequence.vocab import Vocabulary
 from lumos.training.checkpointing import latest_checkpoint, list_checkpoints
 from lumos.training.config import PRESETS, TrainConfig, load_config
 from lumos.training.llm_init import init_from_llm
-from lumos.training.sources import MixedSource, SyntheticSource, global_micro_batch, step_kind
+from lumos.training.sources import MixedSource, SyntheticSource, global_micro_batch
 from lumos.training.train import Trainer, lr_factor, tiny_vocabulary
 
 # A run small enough for a few seconds on a loaded CPU: 3 latent frames of 2 x 4 tokens.

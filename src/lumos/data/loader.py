@@ -8,9 +8,8 @@ video batches). The training loop pads them and applies the objective.
 How batches are made, deterministically from ``seed`` and the index (no data is read to plan):
 
 * Images and videos are two independent streams, each cycling over epochs. Optimiser step
-  ``k`` takes its batches from the image stream iff ``floor((k+1)*r) > floor(k*r)`` for the
-  image ratio ``r`` (``r = 0.5`` alternates video, image, video, ...; ``r = 0.25`` gives one
-  image step in four). Each stream only advances when it is used.
+  ``k`` takes its batches from the stream :func:`lumos.data.kinds.step_kind` names for the
+  image ratio ``r``. Each stream only advances when it is used.
 * Epoch ``e`` of a stream shuffles the shards holding that kind and cuts them, in that order,
   into windows of whole shards with at least ``window_samples`` samples of the kind (the last
   may be smaller). Only the current window of each stream is in memory.
@@ -50,9 +49,10 @@ import pyarrow.compute as pc
 import torch
 
 from lumos.data import shards as fmt
+from lumos.data.kinds import KINDS, images_before, kinds_used, step_kind
 from lumos.errors import LumosError
 
-KIND_IDS = {kind: i for i, kind in enumerate(fmt.KINDS)}
+KIND_IDS = {kind: i for i, kind in enumerate(KINDS)}
 
 
 @dataclass
@@ -212,18 +212,15 @@ class TokenLoader:
                 window_samples,
                 group_batches,
             )
-            for kind in fmt.KINDS
+            for kind in KINDS
         }
-        images, videos = (self.streams[k].num_samples for k in fmt.KINDS)
+        images, videos = (self.streams[k].num_samples for k in KINDS)
         if image_ratio is None:
             image_ratio = images / (images + videos) if images + videos else 0.0
         if not 0.0 <= image_ratio <= 1.0:
             raise LumosError(f"image_ratio must be in [0, 1], got {image_ratio}")
-        for kind, count, needed in (
-            ("image", images, image_ratio > 0),
-            ("video", videos, image_ratio < 1),
-        ):
-            if needed and count == 0:
+        for kind in kinds_used(image_ratio):
+            if self.streams[kind].num_samples == 0:
                 raise LumosError(
                     f"the token data has no {kind}s but image_ratio {image_ratio} asks for "
                     f"{kind} batches; set image_ratio to {int(kind == 'video')}"
@@ -241,24 +238,16 @@ class TokenLoader:
         }
         self.step = 0  # batches yielded (micro-batches when grad_accumulation > 1)
 
-    def _images_before(self, opt_step: int) -> int:
-        """Image optimiser steps among the first ``opt_step`` (the epsilon keeps 0.29 * 100 at
-        29 despite float rounding)."""
-        return math.floor(opt_step * self.image_ratio + 1e-9)
-
-    def _is_image_step(self, opt_step: int) -> bool:
-        return self._images_before(opt_step + 1) > self._images_before(opt_step)
-
     def kind_at(self, step: int) -> str:
         """``image`` or ``video``: the kind of batch number ``step``."""
-        return "image" if self._is_image_step(step // self.grad_accumulation) else "video"
+        return step_kind(step // self.grad_accumulation, self.image_ratio)
 
     def _stream_count(self, kind: str, step: int) -> int:
         """How many batches of ``kind`` come before batch number ``step``."""
         n = self.grad_accumulation
         opt_step, micro = divmod(step, n)
-        images = n * self._images_before(opt_step)
-        if self._is_image_step(opt_step):
+        images = n * images_before(opt_step, self.image_ratio)
+        if step_kind(opt_step, self.image_ratio) == "image":
             images += micro
         return images if kind == "image" else step - images
 

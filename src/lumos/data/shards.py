@@ -72,7 +72,6 @@ INDEX_NAME = "index.json"
 SUMMARY_NAME = "summary.json"
 METADATA_KEY = b"lumos"
 ROW_GROUP_SIZE = 256
-KINDS = ("image", "video")
 
 SCHEMA = pa.schema(
     [

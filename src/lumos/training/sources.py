@@ -1,9 +1,9 @@
 """Training data sources: iterators of micro-batches (lists of 1-D token sequences).
 
 The training loop takes ``grad_accumulation`` micro-batches per optimiser step from one source
-and checkpoints its position through ``state_dict()`` / ``load_state_dict()``. Optimiser step
-``k`` is an image step iff ``floor((k+1) r) > floor(k r)`` for the image ratio ``r``
-(:func:`step_kind`); all its micro-batches are of that kind. Sources are per process and decide
+and checkpoints its position through ``state_dict()`` / ``load_state_dict()``. Which optimiser
+steps are image steps is :func:`lumos.data.kinds.step_kind`; all the micro-batches of a step are
+of its kind. Sources are per process and decide
 which samples the process sees. Two implement this: :class:`lumos.data.loader.TokenLoader`
 (token shards) and :class:`MixedSource` over in-memory :class:`SyntheticSource` streams.
 
@@ -15,18 +15,16 @@ accumulation ``W * A`` sees the same micro-batches in the same order as ``W`` pr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from lumos.data.kinds import KINDS, kinds_used, step_kind
 from lumos.errors import LumosError
 from lumos.sequence.layout import build_sequence
 from lumos.sequence.vocab import Vocabulary
-
-KINDS = ("image", "video")
 
 
 class BatchSource(Protocol):
@@ -39,13 +37,6 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
-
-
-def step_kind(step: int, image_ratio: float) -> str:
-    """``image`` or ``video`` for optimiser step ``step``: images take ``image_ratio`` of the
-    steps, spread evenly (0.5 alternates video, image, video, ...)."""
-    before = math.floor(step * image_ratio + 1e-9)  # image steps among the first ``step``
-    return "image" if math.floor((step + 1) * image_ratio + 1e-9) > before else "video"
 
 
 def global_micro_batch(count: int, rank: int, world_size: int, accumulation: int) -> int:
@@ -151,9 +142,7 @@ class MixedSource:
     (``accumulation`` consecutive micro-batches per optimiser step)."""
 
     def __init__(self, sources: dict[str, BatchSource], image_ratio: float, accumulation: int = 1):
-        needed = {
-            k for k, used in zip(KINDS, (image_ratio > 0, image_ratio < 1), strict=True) if used
-        }
+        needed = set(kinds_used(image_ratio))
         if not needed <= set(sources):
             raise LumosError(f"image ratio {image_ratio} needs sources for {sorted(needed)}")
         self.sources, self.image_ratio, self.accumulation = sources, image_ratio, accumulation

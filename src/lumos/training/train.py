@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lumos.data.kinds import KINDS, kinds_used, step_kind
 from lumos.errors import LumosError
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
@@ -42,14 +43,7 @@ from lumos.training.checkpointing import (
 )
 from lumos.training.config import ModelConfig, TrainConfig
 from lumos.training.objective import ARDFObjective, Batch, collate
-from lumos.training.sources import (
-    KINDS,
-    BatchSource,
-    MixedSource,
-    SyntheticSource,
-    sample_seed,
-    step_kind,
-)
+from lumos.training.sources import BatchSource, MixedSource, SyntheticSource, sample_seed
 
 MAX_FRAMES = 64  # per-frame statistics are kept for latent frames 0 .. MAX_FRAMES - 1
 
@@ -123,10 +117,6 @@ def check_data(cfg: TrainConfig) -> None:
     """Fail early (before building a large model) on a data section that cannot work."""
     if cfg.data.source == "shards" and not cfg.data.shards:
         raise LumosError("data.source is shards but data.shards is empty; set data.shards=[DIR]")
-
-
-def kinds_used(image_ratio: float) -> list[str]:
-    return [k for k, used in zip(KINDS, (image_ratio > 0, image_ratio < 1), strict=True) if used]
 
 
 def make_source(
