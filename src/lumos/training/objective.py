@@ -18,8 +18,7 @@ positions. Logits are only formed for those positions, chunk by chunk, by
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -29,16 +28,10 @@ from torch import nn
 from lumos.errors import LumosError
 from lumos.model.attention import SplitFrameAttention
 from lumos.model.transformer import LumosModel
+from lumos.sequence.masking import SCHEDULES
 from lumos.sequence.structure import TokenStructure, token_structure
 from lumos.sequence.vocab import Vocabulary
 
-# Mask-ratio schedules: u ~ U[0, 1) -> masking ratio p (before the min_rate clamp).
-SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "cosine": lambda u: torch.cos(math.pi / 2 * u),
-    "linear": lambda u: 1 - u,
-    "arccos": lambda u: torch.arccos(u) / (math.pi / 2),
-    "square": lambda u: 1 - u**2,
-}
 MASKING_TYPES = ("tube", "random", "diffusion_forcing")
 ATTENTION_MODES = ("split", "dense")
 
