@@ -98,6 +98,29 @@ def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     return value
 
 
+def boolean(name: str, value: Any) -> bool:
+    """``value`` if it is True or False (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise LumosError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def pair(
+    name: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    kind: type = int,
+    hi_open: bool = False,
+) -> tuple:
+    """``value`` (a list or tuple of two numbers of ``kind``, each in ``lo..hi``) as a tuple."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise LumosError(f"{name} must be a pair [a, b], got {value!r}")
+    if kind is int:
+        return tuple(integer(f"{name}[{i}]", v, lo, hi) for i, v in enumerate(value))
+    return tuple(number(f"{name}[{i}]", v, lo, hi, hi_open=hi_open) for i, v in enumerate(value))
+
+
 def seed(name: str, value: Any) -> int:
     return integer(name, value, 0, MAX_SEED)
 

@@ -16,9 +16,13 @@ from typing import Any
 
 import yaml
 
+from lumos import validate
 from lumos.errors import LumosError
 from lumos.training.objective import ATTENTION_MODES, MaskingConfig
 
+MAX_COUNT = 10**9  # upper bound of step counts, intervals and batch sizes
+MAX_PIXELS = 8192  # upper bound of a training image side
+MAX_LATENT_FRAMES = 64
 GEOMETRIES = ("tiny", "1b", "3b")
 VOCABULARIES = ("official", "tiny")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -51,6 +55,9 @@ class ModelConfig:
             )
         if self.init_from and self.init_from_llm:
             raise LumosError("set model.init_from or model.init_from_llm, not both")
+        validate.boolean("model.gradient_checkpointing", self.gradient_checkpointing)
+        if not isinstance(self.overrides, dict):
+            raise LumosError(f"model.overrides must be a mapping, got {self.overrides!r}")
 
 
 @dataclass
@@ -77,22 +84,27 @@ class DataConfig:
     validation_batches: int = 4  # micro-batches per kind, in total over all processes
 
     def __post_init__(self) -> None:
-        self.image_size, self.video_size = tuple(self.image_size), tuple(self.video_size)
-        self.text_tokens = tuple(self.text_tokens)
+        self.image_size = validate.pair("data.image_size", self.image_size, 32, MAX_PIXELS)
+        self.video_size = validate.pair("data.video_size", self.video_size, 32, MAX_PIXELS)
+        self.text_tokens = validate.pair("data.text_tokens", self.text_tokens, 1, 4096)
         if isinstance(self.shards, str):
             self.shards = [self.shards]
         if isinstance(self.validation_shards, str):
             self.validation_shards = [self.validation_shards]
         if self.source not in DATA_SOURCES:
             raise LumosError(f"data.source {self.source!r} unknown; choose one of {DATA_SOURCES}")
-        if not 0.0 <= self.image_ratio <= 1.0:
-            raise LumosError(f"data.image_ratio must be in [0, 1], got {self.image_ratio}")
+        validate.number("data.image_ratio", self.image_ratio, 0, 1)
         for name in ("image_size", "video_size"):
             h, w = getattr(self, name)
-            if h % 32 or w % 32 or h <= 0 or w <= 0:
+            if h % 32 or w % 32:
                 raise LumosError(f"data.{name} {h}x{w} must be positive multiples of 32 pixels")
-        if self.video_frames < 1:
-            raise LumosError(f"data.video_frames must be >= 1, got {self.video_frames}")
+        validate.integer("data.video_frames", self.video_frames, 1, MAX_LATENT_FRAMES)
+        validate.integer("data.fps", self.fps, 1, 240)
+        lo, hi = self.text_tokens
+        if lo > hi:
+            raise LumosError(f"data.text_tokens must be (min, max) with min <= max, got {lo, hi}")
+        for name in ("window_samples", "group_batches", "validation_batches"):
+            validate.integer(f"data.{name}", getattr(self, name), 1, MAX_COUNT)
 
 
 @dataclass
@@ -107,16 +119,20 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: str = "constant"
     min_lr_ratio: float = 0.1
-    grad_clip: float = 4.0
+    grad_clip: float = 4.0  # max global gradient norm (0: no clipping)
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
+        self.betas = validate.pair("optim.betas", self.betas, 0, 1, kind=float, hi_open=True)
         if self.schedule not in LR_SCHEDULES:
             raise LumosError(
                 f"optim.schedule {self.schedule!r} unknown; choose one of {LR_SCHEDULES}"
             )
-        if self.lr <= 0 or self.warmup_steps < 0:
-            raise LumosError("optim.lr must be > 0 and optim.warmup_steps >= 0")
+        validate.number("optim.lr", self.lr, 0, 10, lo_open=True)
+        validate.number("optim.weight_decay", self.weight_decay, 0)
+        validate.number("optim.eps", self.eps, 0, 1, lo_open=True)
+        validate.integer("optim.warmup_steps", self.warmup_steps, 0, MAX_COUNT)
+        validate.number("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        validate.number("optim.grad_clip", self.grad_clip, 0)
 
 
 @dataclass
@@ -160,9 +176,19 @@ class TrainConfig:
             "grad_accumulation",
             "keep_checkpoints",
             "loss_chunk_size",
+            "log_every",
         ):
-            if getattr(self, name) < 1:
-                raise LumosError(f"{name} must be >= 1, got {getattr(self, name)}")
+            validate.integer(name, getattr(self, name), 1, MAX_COUNT)
+        for name in ("validate_every", "checkpoint_every"):
+            validate.integer(name, getattr(self, name), 0, MAX_COUNT)
+        if self.image_micro_batch_size is not None:
+            validate.integer("image_micro_batch_size", self.image_micro_batch_size, 1, MAX_COUNT)
+        validate.seed("seed", self.seed)
+        if self.threads is not None:
+            validate.threads("threads", self.threads)
+        validate.boolean("tensorboard", self.tensorboard)
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+            raise LumosError(f"output_dir must be a directory path, got {self.output_dir!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
