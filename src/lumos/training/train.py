@@ -22,6 +22,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,10 +43,65 @@ from lumos.training.checkpointing import (
     set_rng_state,
 )
 from lumos.training.config import ModelConfig, TrainConfig
-from lumos.training.objective import ARDFObjective, Batch, collate
+from lumos.training.objective import ARDFObjective, Batch, LossOutput, collate
 from lumos.training.sources import BatchSource, MixedSource, SyntheticSource, sample_seed
 
 MAX_FRAMES = 64  # per-frame statistics are kept for latent frames 0 .. MAX_FRAMES - 1
+
+
+@dataclass
+class StepStats:
+    """Sums logged for a step or a validation pass: the summed loss, the input tokens, and per
+    latent frame (0 .. MAX_FRAMES - 1) the summed loss and the number of scored positions."""
+
+    loss_sum: torch.Tensor  # scalar
+    tokens: torch.Tensor  # scalar
+    frame_loss_sum: torch.Tensor  # [MAX_FRAMES]
+    frame_count: torch.Tensor  # [MAX_FRAMES]
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> StepStats:
+        return cls(*(torch.zeros(n, device=device) for n in ((), (), MAX_FRAMES, MAX_FRAMES)))
+
+    @classmethod
+    def of(cls, out: LossOutput, batch: Batch) -> StepStats:
+        """The statistics of one micro-batch's forward."""
+        stats = cls.zeros(out.frame_loss_sum.device)
+        n = min(len(out.frame_loss_sum), MAX_FRAMES)
+        stats.loss_sum += out.loss_sum.detach().float()
+        stats.tokens += batch.num_tokens
+        stats.frame_loss_sum[:n] = out.frame_loss_sum[:n]
+        stats.frame_count[:n] = out.frame_count[:n]
+        return stats
+
+    def __iadd__(self, other: StepStats) -> StepStats:
+        for name in ("loss_sum", "tokens", "frame_loss_sum", "frame_count"):
+            getattr(self, name).add_(getattr(other, name))
+        return self
+
+    def all_reduce(self, ctx: distributed.DistContext) -> StepStats:
+        """Sum over processes in place, in one collective."""
+        packed = ctx.all_reduce(
+            torch.cat([self.loss_sum[None], self.tokens[None], self.frame_loss_sum, self.frame_count])
+        )
+        self.loss_sum, self.tokens = packed[0], packed[1]
+        self.frame_loss_sum, self.frame_count = packed[2:].split(MAX_FRAMES)
+        return self
+
+    def summary(self, count: torch.Tensor | float) -> dict:
+        """``loss`` (mean over the ``count`` scored positions), ``tokens`` and ``frame_loss``
+        (mean per latent frame up to the last one scored; None for a frame without positions)."""
+        frame_sum, frame_count = self.frame_loss_sum.cpu(), self.frame_count.cpu()
+        used = int((frame_count > 0).nonzero().max()) + 1 if bool((frame_count > 0).any()) else 0
+        frames = [
+            float(s / c) if c > 0 else None
+            for s, c in zip(frame_sum[:used], frame_count[:used], strict=True)
+        ]
+        return {
+            "loss": float(self.loss_sum) / max(float(count), 1.0),
+            "tokens": int(self.tokens),
+            "frame_loss": frames,
+        }
 
 
 def tiny_vocabulary() -> Vocabulary:
@@ -339,13 +395,13 @@ class Trainer:
             torch.tensor([float(sum(b.num_loss_tokens for b in batches))], device=ctx.device)
         )
         scale = ctx.world_size / max(float(count), 1.0)
-        stats = torch.zeros(2 * MAX_FRAMES + 2, device=ctx.device)  # loss sum, tokens, frames
+        stats = StepStats.zeros(ctx.device)
         self.module.train()
         for a, batch in enumerate(batches):
             with distributed.gradient_sync(self.module, self.parallel, a == len(batches) - 1):
                 out = self.forward(batch)
                 (out.loss_sum * scale).backward()
-            stats += self._stats(out, batch)
+            stats += StepStats.of(out, batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
@@ -354,37 +410,11 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        ctx.all_reduce(stats)
         return {
             "kind": kind,
             "lr": lr,
             "grad_norm": float(grad_norm),
-            **self._summary(stats, count),
-        }
-
-    @staticmethod
-    def _stats(out, batch: Batch) -> torch.Tensor:
-        n = min(len(out.frame_loss_sum), MAX_FRAMES)
-        stats = torch.zeros(2 * MAX_FRAMES + 2, device=out.frame_loss_sum.device)
-        stats[0] = out.loss_sum.detach().float()
-        stats[1] = batch.num_tokens
-        stats[2 : 2 + n] = out.frame_loss_sum[:n]
-        stats[2 + MAX_FRAMES : 2 + MAX_FRAMES + n] = out.frame_count[:n]
-        return stats
-
-    @staticmethod
-    def _summary(stats: torch.Tensor, count: torch.Tensor) -> dict:
-        stats = stats.cpu()
-        frame_sum, frame_count = stats[2 : 2 + MAX_FRAMES], stats[2 + MAX_FRAMES :]
-        used = int((frame_count > 0).nonzero().max()) + 1 if bool((frame_count > 0).any()) else 0
-        frames = [
-            float(s / c) if c > 0 else None
-            for s, c in zip(frame_sum[:used], frame_count[:used], strict=True)
-        ]
-        return {
-            "loss": float(stats[0]) / max(float(count), 1.0),
-            "tokens": int(stats[1]),
-            "frame_loss": frames,
+            **stats.all_reduce(ctx).summary(count),
         }
 
     @torch.no_grad()
@@ -394,7 +424,7 @@ class Trainer:
         self.module.eval()
         result = {}
         for kind, source in self.validation_sources().items():  # fresh: the same batches
-            stats = torch.zeros(2 * MAX_FRAMES + 2, device=ctx.device)
+            stats = StepStats.zeros(ctx.device)
             count = 0
             # Global validation micro-batch c*W + rank; every process runs the same number of
             # forwards (FSDP gathers collectively), the ones past the total are not counted.
@@ -406,10 +436,10 @@ class Trainer:
                 )
                 out = self.forward(batch)
                 if index < cfg.data.validation_batches:
-                    stats += self._stats(out, batch)
+                    stats += StepStats.of(out, batch)
                     count += out.count
             total = ctx.all_reduce(torch.tensor([float(count)], device=ctx.device))
-            summary = self._summary(ctx.all_reduce(stats), total)
+            summary = stats.all_reduce(ctx).summary(total)
             result[f"val/{kind}/loss"] = summary["loss"]
             result[f"val/{kind}/frame_loss"] = summary["frame_loss"]
         self.module.train()
