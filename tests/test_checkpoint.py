@@ -1,14 +1,16 @@
 import json
 import shutil
+from typing import get_args
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import OFFICIAL
-from helpers import tiny_model
-from lumos import LumosError, LumosModel
+from helpers import small_vocab, tiny_model
+from lumos import LumosError, LumosModel, Vocabulary
 from lumos.cli.main import main
+from lumos.model.config import MODEL_PRESETS, ROPE_TYPES, Geometry, RopeType
 
 
 def copy_official(tmp_path):
@@ -114,3 +116,13 @@ def test_half_precision_storage_loads_as_float32(tmp_path):
     loaded = LumosModel.from_pretrained(tmp_path / "m")
     assert loaded.lm_head.weight.dtype == torch.float32
     torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight, atol=1e-3, rtol=1e-3)
+
+
+def test_config_literals_and_presets_agree():
+    assert set(get_args(RopeType)) == set(ROPE_TYPES)
+    assert set(get_args(Geometry)) == set(MODEL_PRESETS)
+    vocab = small_vocab(64)
+    for make in MODEL_PRESETS.values():  # one signature: (vocabulary, **overrides)
+        cfg = make(vocab, num_hidden_layers=1)
+        assert (cfg.vocab, cfg.vocab_size, cfg.num_hidden_layers) == (vocab, vocab.size, 1)
+        assert make().vocab_size == Vocabulary.official().size

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from lumos.errors import LumosError
 from lumos.sequence.vocab import Vocabulary
@@ -11,7 +13,10 @@ from lumos.sequence.vocab import Vocabulary
 # rope_type -> (slot allocation, positions scaled by the tokenizer's compression ratios).
 # "3d" (contiguous 2:3:3 slot ranges, t on the highest frequencies, unscaled positions) is the
 # same rotation as Qwen2-VL's M-RoPE sections, so the two names are aliases.
-ROPE_TYPES = {
+RopeType = Literal[
+    "mm_rope", "mm_rope_distributed_only", "mm_rope_scaled_only", "mrope", "3d", "1d"
+]
+ROPE_TYPES: dict[str, tuple[str, bool]] = {
     "mm_rope": ("distributed", True),
     "mm_rope_distributed_only": ("distributed", False),
     "mm_rope_scaled_only": ("contiguous", True),
@@ -23,26 +28,25 @@ ROPE_TYPES = {
 
 @dataclass
 class LumosConfig:
-    """Decoder geometry and the Lumos-specific switches.
+    """Decoder geometry and the Lumos-specific switches (``config.json`` of our checkpoints)."""
 
-    ``rope_scale_t`` / ``rope_scale_hw`` are the visual tokenizer's temporal and spatial
-    compression ratios (RGB frames per latent frame, pixels per latent token).
-    """
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
+    vocab_size: int  # rows of the embedding and the LM head (>= the vocabulary's ids)
+    hidden_size: int  # model width d
+    intermediate_size: int  # SwiGLU MLP width
+    num_hidden_layers: int  # decoder layers
+    num_attention_heads: int  # query heads; head_dim = hidden_size / num_attention_heads
+    num_key_value_heads: int  # key/value heads (grouped-query attention when fewer)
+    rope_theta: float = 10000.0  # RoPE base
+    rms_norm_eps: float = 1e-5  # epsilon of the RMSNorms
+    # Checkpoint metadata only, never enforced: RoPE has no position table, and official-size
+    # sequences (25 frames at 384 x 672 px) are longer than the official value 4,096.
     max_position_embeddings: int = 4096
-    rope_type: str = "mm_rope"
-    rope_scale_t: int = 4
-    rope_scale_hw: int = 8
-    frame_bidirectional: bool = True
-    initializer_range: float = 0.02
+    rope_type: RopeType = "mm_rope"  # position encoding, see ROPE_TYPES and docs/design.md
+    rope_scale_t: int = 4  # MM-RoPE temporal scale: RGB frames per latent frame
+    rope_scale_hw: int = 8  # MM-RoPE spatial scale: pixels per latent token
+    frame_bidirectional: bool = True  # frame-causal attention (False: plain causal)
+    initializer_range: float = 0.02  # std of the normal init of linear and embedding weights
+    # The id layout (Vocabulary.to_dict()): special, integer and visual ids.
     vocabulary: dict = field(default_factory=lambda: Vocabulary.official().to_dict())
 
     def __post_init__(self) -> None:
@@ -133,57 +137,68 @@ class LumosConfig:
             vocabulary=vocab.to_dict(),
         )
 
-    # ---- presets -------------------------------------------------------------------------
+    # ---- presets ------------------------------------------------------------------------
+    # Every preset takes the same arguments: the vocabulary (default: the official one; it also
+    # sets ``vocab_size``) and overrides of any field. MODEL_PRESETS names the training ones.
     @classmethod
-    def tiny(cls, vocabulary: Vocabulary | None = None, **overrides) -> LumosConfig:
-        """A 2-layer model for tests (random weights, official ids unless given)."""
+    def _preset(cls, geometry: dict, vocabulary: Vocabulary | None, overrides: dict) -> LumosConfig:
         vocab = vocabulary or Vocabulary.official()
-        kw = dict(
-            vocab_size=vocab.size,
+        return cls(
+            **{"vocab_size": vocab.size, "vocabulary": vocab.to_dict(), **geometry, **overrides}
+        )
+
+    @classmethod
+    def tiny(cls, vocabulary: Vocabulary | None = None, **overrides: Any) -> LumosConfig:
+        """A 2-layer model for tests and CPU experiments (hidden 128, 4 heads, 2 KV heads)."""
+        geometry = dict(
             hidden_size=128,
             intermediate_size=256,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            vocabulary=vocab.to_dict(),
         )
-        return cls(**{**kw, **overrides})
+        return cls._preset(geometry, vocabulary, overrides)
 
     @classmethod
-    def benchmark(cls, **overrides) -> LumosConfig:
-        """The benchmark geometry: 4 layers, hidden 256, 4 heads, MLP 688, official vocabulary."""
-        kw = dict(
-            vocab_size=129536,
+    def benchmark(cls, vocabulary: Vocabulary | None = None, **overrides: Any) -> LumosConfig:
+        """The benchmark geometry: 4 layers, hidden 256, 4 heads, MLP 688."""
+        geometry = dict(
             hidden_size=256,
             intermediate_size=688,
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=4,
         )
-        return cls(**{**kw, **overrides})
+        return cls._preset(geometry, vocabulary, overrides)
 
     @classmethod
-    def lumos_1b(cls, **overrides) -> LumosConfig:
-        """Lumos-1 1B geometry (Llama-3.2-1B body, official vocabulary)."""
-        kw = dict(
-            vocab_size=129536,
+    def lumos_1b(cls, vocabulary: Vocabulary | None = None, **overrides: Any) -> LumosConfig:
+        """Lumos-1 1B geometry (Llama-3.2-1B body)."""
+        geometry = dict(
             hidden_size=2048,
             intermediate_size=8192,
             num_hidden_layers=16,
             num_attention_heads=32,
             num_key_value_heads=8,
         )
-        return cls(**{**kw, **overrides})
+        return cls._preset(geometry, vocabulary, overrides)
 
     @classmethod
-    def lumos_3b(cls, **overrides) -> LumosConfig:
-        """Lumos-1 3B geometry (Llama-3.2-3B body, official vocabulary)."""
-        kw = dict(
-            vocab_size=129536,
+    def lumos_3b(cls, vocabulary: Vocabulary | None = None, **overrides: Any) -> LumosConfig:
+        """Lumos-1 3B geometry (Llama-3.2-3B body)."""
+        geometry = dict(
             hidden_size=3072,
             intermediate_size=8192,
             num_hidden_layers=28,
             num_attention_heads=24,
             num_key_value_heads=8,
         )
-        return cls(**{**kw, **overrides})
+        return cls._preset(geometry, vocabulary, overrides)
+
+
+Geometry = Literal["tiny", "1b", "3b"]
+MODEL_PRESETS: dict[str, Callable[..., LumosConfig]] = {
+    "tiny": LumosConfig.tiny,
+    "1b": LumosConfig.lumos_1b,
+    "3b": LumosConfig.lumos_3b,
+}

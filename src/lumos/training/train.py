@@ -10,8 +10,13 @@ batches and masks as one process with accumulation W*A, and a resumed run the sa
 uninterrupted one.
 
 Outputs under ``output_dir``: ``metrics.jsonl`` (one JSON object per logged step or
-validation), ``tensorboard/``, ``checkpoints/step-*/``, and ``model/`` (the final weights in
-checkpoint-directory format, loadable with ``LumosModel.from_pretrained``).
+validation), ``tensorboard/`` (when TensorBoard is installed: ``pip install lumos[tensorboard]``),
+``checkpoints/step-*/``, and ``model/`` (the final weights in checkpoint-directory format,
+loadable with ``LumosModel.from_pretrained``).
+
+A non-finite loss or gradient norm stops the run with an error naming the step and the last
+checkpoint written. Resuming picks the newest intact checkpoint (damaged newer ones are
+skipped with a warning) and refuses a checkpoint written with other model or data settings.
 """
 
 from __future__ import annotations
@@ -28,16 +33,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lumos import validate
+from lumos.atomic import write_text
 from lumos.data.kinds import KINDS, kinds_used, step_kind
 from lumos.errors import LumosError
-from lumos.model.config import LumosConfig
+from lumos.model.config import MODEL_PRESETS
 from lumos.model.transformer import LumosModel
 from lumos.sequence.vocab import Vocabulary
 from lumos.training import distributed
 from lumos.training.checkpointing import (
+    DamagedCheckpoint,
     full_model_state,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
+    read_trainer_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -146,14 +156,7 @@ def build_model(cfg: ModelConfig, shards: Sequence[str] = ()) -> LumosModel:
         )
     else:
         vocab = resolve_vocabulary(cfg.vocabulary, shards)
-        preset = {"tiny": LumosConfig.tiny, "1b": LumosConfig.lumos_1b, "3b": LumosConfig.lumos_3b}
-        if cfg.geometry == "tiny":
-            model_cfg = LumosConfig.tiny(vocabulary=vocab, **cfg.overrides)
-        else:
-            model_cfg = preset[cfg.geometry](
-                vocabulary=vocab.to_dict(), vocab_size=vocab.size, **cfg.overrides
-            )
-        model = LumosModel(model_cfg)
+        model = LumosModel(MODEL_PRESETS[cfg.geometry](vocab, **cfg.overrides))
     model.gradient_checkpointing = cfg.gradient_checkpointing
     return model.float().train()
 
@@ -257,10 +260,15 @@ class Trainer:
         resume: bool = True,
     ) -> None:
         self.cfg = cfg
+        self.out = validate.output_path(
+            cfg.output_dir, "dir", [*cfg.data.shards, *cfg.data.validation_shards], "output_dir"
+        )
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.ctx = distributed.init_distributed()
-        self.out = Path(cfg.output_dir)
+        self.tensorboard = cfg.tensorboard and tensorboard_available()
+        if cfg.tensorboard and not self.tensorboard:
+            self.log("TensorBoard is not installed: logging to metrics.jsonl only")
         self.dtype = distributed.resolve_precision(cfg.precision, self.ctx.device)
         self.parallel = distributed.resolve_parallel(cfg.parallel, self.ctx)
         if source is None:
@@ -287,10 +295,28 @@ class Trainer:
         )
         self.step = 0
         self.writer = None
-        if resume and (last := latest_checkpoint(self.out / "checkpoints")):
-            self.restore(last)
+        if resume:
+            self.resume()
 
     # ---- state -------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restore the newest intact checkpoint of ``output_dir`` (none: start at step 0).
+        Damaged checkpoints are skipped with a warning; one written with other model or data
+        settings is an error."""
+        found = list_checkpoints(self.out / "checkpoints")
+        for path in reversed(found):
+            try:
+                check_resumable(read_trainer_state(path)["config"], self.cfg, path)
+                self.restore(path)
+                return
+            except DamagedCheckpoint as err:
+                self.log(f"warning: {err}; trying the previous checkpoint")
+        if found:
+            raise LumosError(
+                f"no intact checkpoint in {self.out / 'checkpoints'} ({len(found)} damaged); "
+                "rerun with --no-resume to start over"
+            )
+
     def restore(self, path: Path) -> None:
         trainer, rank = load_checkpoint(path, self.module, self.optimizer, self.ctx)
         self.step = int(trainer["step"])
@@ -335,23 +361,28 @@ class Trainer:
             tqdm.write(f"lumos train: {message}", file=sys.stderr)
 
     def _truncate_metrics(self) -> None:
+        """Drop the rows after the resumed step (and a line cut short by a kill)."""
         file = self.out / "metrics.jsonl"
         if file.is_file():
-            rows = [
-                line
-                for line in file.read_text().splitlines()
-                if json.loads(line)["step"] <= self.step
-            ]
-            file.write_text("".join(r + "\n" for r in rows))
+            rows = []
+            for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                step = row.get("step") if isinstance(row, dict) else None
+                if isinstance(step, int) and step <= self.step:
+                    rows.append(line)
+            write_text(file, "".join(r + "\n" for r in rows))
 
     def record(self, row: dict) -> None:
         """Append a metrics row (rank 0) and mirror its scalars to TensorBoard."""
         if not self.ctx.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.cfg.tensorboard:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(_json_safe(row), allow_nan=False) + "\n")
+        if self.tensorboard:
             if self.writer is None:
                 from torch.utils.tensorboard import SummaryWriter  # optional dependency
 
@@ -402,7 +433,8 @@ class Trainer:
                 out = self.forward(batch)
                 (out.loss_sum * scale).backward()
             stats += StepStats.of(out, batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         lr = cfg.optim.lr * lr_factor(self.step, cfg)  # a function of the step: no state
@@ -467,6 +499,9 @@ class Trainer:
             start = time.perf_counter()
             metrics = self.train_step()
             elapsed = time.perf_counter() - start
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                bar.close()
+                raise LumosError(self._divergence(metrics))
             self.step += 1
             metrics = {"step": self.step, **metrics, "tokens_per_s": metrics["tokens"] / elapsed}
             rows.append(metrics)
@@ -489,6 +524,74 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         return rows
+
+
+    def _divergence(self, metrics: dict) -> str:
+        last = latest_checkpoint(self.out / "checkpoints")
+        return (
+            f"training diverged at step {self.step + 1}: loss {metrics['loss']}, gradient norm "
+            f"{metrics['grad_norm']}; last good checkpoint: {last or 'none'} (nothing was saved "
+            "after it); lower optim.lr or set optim.grad_clip and resume"
+        )
+
+
+RESUME_KEYS = (
+    "model.geometry",
+    "model.vocabulary",
+    "model.overrides",
+    "data.source",
+    "data.shards",
+    "data.image_ratio",
+    "data.image_size",
+    "data.video_size",
+    "data.video_frames",
+    "data.text_tokens",
+    "micro_batch_size",
+    "image_micro_batch_size",
+    "grad_accumulation",
+    "seed",
+)
+
+
+def check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume from a checkpoint written with other model or data settings
+    (:data:`RESUME_KEYS`); other settings (steps, LR, intervals ...) may change."""
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps(saved))
+
+    def get(d: dict, key: str):
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
+    differ = [k for k in RESUME_KEYS if get(saved, k) != get(now, k)]
+    if differ:
+        k = differ[0]
+        raise LumosError(
+            f"{path} was written by run {saved.get('name')!r} with {k}={get(saved, k)!r}; this "
+            f"run ({cfg.name!r}) has {k}={get(now, k)!r} ({len(differ)} setting(s) differ); "
+            "use the same settings, another --output, or --no-resume"
+        )
+
+
+def tensorboard_available() -> bool:
+    """Whether TensorBoard can log (it is optional: ``pip install lumos[tensorboard]``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _json_safe(value):
+    """``value`` with non-finite floats as None, so every metrics row is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def format_validation(val: dict) -> str:
