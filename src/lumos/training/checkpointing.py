@@ -10,7 +10,8 @@ Layout of ``<output>/checkpoints/step-00001000/``:
 A checkpoint is written to ``.tmp-step-.../`` and renamed when every process has finished, so a
 directory named ``step-*`` is always complete; a crash leaves at most a temporary directory,
 removed by the next save. Resuming needs the same number of processes (data positions are per
-process).
+process). A checkpoint damaged later (a file deleted or truncated) raises
+:class:`DamagedCheckpoint` when loaded, so the caller can fall back to an older one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from lumos.errors import LumosError
 from lumos.training.distributed import DistContext
 
 PREFIX = "step-"
+
+
+class DamagedCheckpoint(LumosError):
+    """A checkpoint directory whose files are missing or unreadable."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -135,10 +140,7 @@ def load_checkpoint(
 ) -> tuple[dict, dict]:
     """Restore model and optimiser in place; returns (trainer_state, this process's rank_state)."""
     path = Path(path)
-    try:
-        trainer = torch.load(path / "trainer.pt", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise LumosError(f"cannot read checkpoint {path}: {err}") from None
+    trainer = read_trainer_state(path)
     if trainer["world_size"] != ctx.world_size:
         raise LumosError(
             f"checkpoint {path} was written by {trainer['world_size']} processes; resume with "
@@ -146,13 +148,34 @@ def load_checkpoint(
         )
     model_state, optim_state = get_state_dict(module, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    with _single_process_quiet():
-        dcp.load(state, checkpoint_id=path / "state", no_dist=not ctx.distributed)
+    try:
+        rank_state = torch.load(path / f"rank-{ctx.rank:05d}.pt", weights_only=True)
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=path / "state", no_dist=not ctx.distributed)
+    except Exception as err:  # any unreadable piece (missing, truncated, garbled) is damage
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({_reason(err)})") from None
     set_state_dict(
         module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
     )
-    rank_state = torch.load(path / f"rank-{ctx.rank:05d}.pt", weights_only=True)
     return trainer, rank_state
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    """``trainer.pt`` of a checkpoint (step, config, world size); DamagedCheckpoint if it is
+    missing, unreadable or incomplete."""
+    path = Path(path)
+    try:
+        trainer = torch.load(path / "trainer.pt", weights_only=True)
+        if not all(k in trainer for k in ("step", "config", "world_size")):
+            raise ValueError("trainer.pt lacks step, config or world_size")
+    except Exception as err:
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({_reason(err)})") from None
+    return trainer
+
+
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
