@@ -57,7 +57,8 @@ def build(length: int):
 
 
 def run_one(length: int, attention: str, steps: int, threads: int, checkpointing: bool) -> dict:
-    from lumos.training.objective import ARDFObjective, MaskingConfig, collate
+    from lumos.training.config import MaskingConfig
+    from lumos.training.objective import ARDFObjective, collate
 
     torch.set_num_threads(threads)
     model, vocab, seq, frames = build(length)
@@ -96,7 +97,8 @@ def run_one(length: int, attention: str, steps: int, threads: int, checkpointing
 def attention_paths(lengths: list[int], repeats: int, threads: int) -> None:
     """Part 2: decoder-stack forward + backward, dense mask vs split runs, alternated."""
     from lumos.model.attention import SplitFrameAttention
-    from lumos.training.objective import MaskingConfig, collate
+    from lumos.training.config import MaskingConfig
+    from lumos.training.objective import collate
 
     torch.set_num_threads(threads)
     print(f"{'tokens':>6} {'dense s':>8} {'split s':>8} {'speed-up':>8}")

@@ -10,9 +10,9 @@ from lumos.model.transformer import LumosModel
 from lumos.sequence.layout import build_sequence
 from lumos.sequence.structure import token_structure
 from lumos.sequence.vocab import Vocabulary
+from lumos.training.config import MaskingConfig
 from lumos.training.objective import (
     ARDFObjective,
-    MaskingConfig,
     ardf_loss,
     collate,
     mask_rate,
@@ -251,3 +251,16 @@ def test_visual_cross_entropy_under_bf16_autocast():
     hr, wr = h.detach().requires_grad_(), w.detach().requires_grad_()
     F.cross_entropy(hr @ wr.T, t, reduction="sum").backward()
     torch.testing.assert_close(h.grad, hr.grad, rtol=0.1, atol=0.05)
+
+
+def test_masking_config_names_every_schedule_and_rejects_unknown_values():
+    from typing import get_args
+
+    from lumos import LumosError
+    from lumos.sequence.masking import SCHEDULES
+    from lumos.training.config import MaskSchedule
+
+    assert set(get_args(MaskSchedule)) == set(SCHEDULES)
+    for bad in ({"type": "stripes"}, {"schedule": "cubic"}, {"min_rate": 1.5}):
+        with pytest.raises(LumosError, match="masking"):
+            MaskingConfig(**bad)

@@ -12,47 +12,51 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from lumos import validate
 from lumos.errors import LumosError
-from lumos.training.objective import ATTENTION_MODES, MaskingConfig
+from lumos.model.config import Geometry
 
 MAX_COUNT = 10**9  # upper bound of step counts, intervals and batch sizes
 MAX_PIXELS = 8192  # upper bound of a training image side
 MAX_LATENT_FRAMES = 64
-GEOMETRIES = ("tiny", "1b", "3b")
-VOCABULARIES = ("official", "tiny")
-PRECISIONS = ("auto", "bf16", "fp32")
-PARALLEL = ("auto", "none", "ddp", "fsdp")
-LR_SCHEDULES = ("constant", "cosine")
-DATA_SOURCES = ("synthetic", "shards")
+
+# The allowed values of the string settings (one list each; the checks read them with get_args).
+Precision = Literal["auto", "bf16", "fp32"]
+Parallel = Literal["auto", "none", "ddp", "fsdp"]
+LRSchedule = Literal["constant", "cosine"]
+DataSource = Literal["synthetic", "shards"]
+MaskingType = Literal["tube", "random", "diffusion_forcing"]
+MaskSchedule = Literal["cosine", "linear", "arccos", "square"]  # = lumos.sequence.masking.SCHEDULES
+AttentionMode = Literal["split", "dense"]
+
+
+def _choice(name: str, value: Any, kind: Any) -> None:
+    allowed = get_args(kind)
+    if value not in allowed:
+        raise LumosError(f"{name} {value!r} unknown; choose one of {list(allowed)}")
 
 
 @dataclass
 class ModelConfig:
-    """``geometry``: ``tiny`` | ``1b`` | ``3b`` (:class:`LumosConfig` presets), refined by
-    ``overrides`` (any LumosConfig field). ``vocabulary``: ``official``, ``tiny`` (a 64-code test
-    vocabulary), ``data`` (the one recorded in the token shards' index) or a JSON file of
-    :class:`Vocabulary` fields. ``init_from``: a Lumos checkpoint
-    directory to fine-tune (its geometry wins); ``init_from_llm``: a text-only Llama-style
-    checkpoint whose vocabulary is extended to the visual codebook (see
-    :mod:`lumos.training.llm_init`)."""
+    """The model to train: a preset geometry from scratch, a Lumos checkpoint or a text LLM."""
 
-    geometry: str = "tiny"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    geometry: Geometry = "tiny"  # LumosConfig preset: tiny | 1b | 3b (MODEL_PRESETS)
+    overrides: dict[str, Any] = field(default_factory=dict)  # LumosConfig fields over the preset
+    # official | tiny (a 64-code test vocabulary) | data (the one in data.shards' index) | a
+    # JSON file of Vocabulary fields
     vocabulary: str = "official"
-    init_from: str | None = None
+    init_from: str | None = None  # a Lumos checkpoint directory to fine-tune (its geometry wins)
+    # A text-only Llama-style checkpoint whose vocabulary is extended to the visual codebook
+    # (lumos.training.llm_init)
     init_from_llm: str | None = None
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward
 
     def __post_init__(self) -> None:
-        if self.geometry not in GEOMETRIES:
-            raise LumosError(
-                f"model.geometry {self.geometry!r} unknown; choose one of {GEOMETRIES}"
-            )
+        _choice("model.geometry", self.geometry, Geometry)
         if self.init_from and self.init_from_llm:
             raise LumosError("set model.init_from or model.init_from_llm, not both")
         validate.boolean("model.gradient_checkpointing", self.gradient_checkpointing)
@@ -62,25 +66,24 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """``image_ratio``: fraction of optimiser steps that use image batches (1 = text-to-image
-    only, 0 = video only); image and video steps alternate evenly. ``source``: ``synthetic``
-    (learnable random sequences built in memory at ``image_size``/``video_size`` with
-    ``video_frames`` latent frames) or ``shards`` (directories written by ``lumos tokenize``,
-    read by :class:`lumos.data.loader.TokenLoader` with ``window_samples``/``group_batches``;
-    sizes then come from the data). Validation uses ``validation_shards`` for shards (none:
-    no validation) and a held-out synthetic stream otherwise."""
+    """Training and validation data. Synthetic data is built in memory at the sizes below;
+    shards (written by ``lumos tokenize``, read by :class:`lumos.data.loader.TokenLoader`) bring
+    their own sizes. Validation reads ``validation_shards`` (none: no validation) for shards and
+    a held-out synthetic stream otherwise."""
 
-    source: str = "synthetic"
+    source: DataSource = "synthetic"  # synthetic | shards
+    # Fraction of optimiser steps on image batches (1: text-to-image only, 0: video only),
+    # spread evenly (lumos.data.kinds.step_kind)
     image_ratio: float = 0.5
-    image_size: tuple[int, int] = (256, 448)
-    video_size: tuple[int, int] = (256, 448)
-    video_frames: int = 7
-    fps: int = 12
+    image_size: tuple[int, int] = (256, 448)  # synthetic images, pixels (height, width)
+    video_size: tuple[int, int] = (256, 448)  # synthetic videos, pixels (height, width)
+    video_frames: int = 7  # synthetic videos, latent frames
+    fps: int = 12  # synthetic videos, frame rate written in the sequence header
     text_tokens: tuple[int, int] = (8, 32)  # synthetic prompt length range (inclusive)
-    shards: list[str] = field(default_factory=list)
-    validation_shards: list[str] = field(default_factory=list)
-    window_samples: int = 2048
-    group_batches: int = 16
+    shards: list[str] = field(default_factory=list)  # token datasets (lumos tokenize --out)
+    validation_shards: list[str] = field(default_factory=list)  # held-out token datasets
+    window_samples: int = 2048  # loader: samples per shuffling window (memory)
+    group_batches: int = 16  # loader: global batches per length-grouping chunk
     validation_batches: int = 4  # micro-batches per kind, in total over all processes
 
     def __post_init__(self) -> None:
@@ -91,8 +94,7 @@ class DataConfig:
             self.shards = [self.shards]
         if isinstance(self.validation_shards, str):
             self.validation_shards = [self.validation_shards]
-        if self.source not in DATA_SOURCES:
-            raise LumosError(f"data.source {self.source!r} unknown; choose one of {DATA_SOURCES}")
+        _choice("data.source", self.source, DataSource)
         validate.number("data.image_ratio", self.image_ratio, 0, 1)
         for name in ("image_size", "video_size"):
             h, w = getattr(self, name)
@@ -108,25 +110,38 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
-    """AdamW with linear warmup then a constant or cosine (down to ``min_lr_ratio * lr``) LR.
-    Weight decay applies to matrices (embeddings and projections), not to norms."""
+class MaskingConfig:
+    """Corruption of training samples (docs/design.md, "AR-DF")."""
 
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    eps: float = 1e-8
-    warmup_steps: int = 100
-    schedule: str = "constant"
-    min_lr_ratio: float = 0.1
+    type: MaskingType = "tube"  # tube (AR-DF) | random | diffusion_forcing
+    schedule: MaskSchedule = "cosine"  # masking ratio of a uniform draw u
+    min_rate: float = 0.7  # lower bound of the masking ratio
+    text_drop: float = 0.1  # probability of dropping the text (classifier-free guidance)
+
+    def __post_init__(self) -> None:
+        _choice("masking.type", self.type, MaskingType)
+        _choice("masking.schedule", self.schedule, MaskSchedule)
+        validate.number("masking.min_rate", self.min_rate, 0, 1)
+        validate.number("masking.text_drop", self.text_drop, 0, 1)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then a constant or cosine LR. Weight decay applies to matrices
+    (embeddings and projections), not to norms."""
+
+    lr: float = 1e-4  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    weight_decay: float = 0.1  # AdamW weight decay of matrices
+    eps: float = 1e-8  # AdamW epsilon
+    warmup_steps: int = 100  # linear warmup from lr / warmup_steps
+    schedule: LRSchedule = "constant"  # after warmup: constant | cosine
+    min_lr_ratio: float = 0.1  # cosine: final LR as a fraction of lr
     grad_clip: float = 4.0  # max global gradient norm (0: no clipping)
 
     def __post_init__(self) -> None:
         self.betas = validate.pair("optim.betas", self.betas, 0, 1, kind=float, hi_open=True)
-        if self.schedule not in LR_SCHEDULES:
-            raise LumosError(
-                f"optim.schedule {self.schedule!r} unknown; choose one of {LR_SCHEDULES}"
-            )
+        _choice("optim.schedule", self.schedule, LRSchedule)
         validate.number("optim.lr", self.lr, 0, 10, lo_open=True)
         validate.number("optim.weight_decay", self.weight_decay, 0)
         validate.number("optim.eps", self.eps, 0, 1, lo_open=True)
@@ -139,37 +154,32 @@ class OptimConfig:
 class TrainConfig:
     """Everything ``lumos train`` needs. Intervals are in optimiser steps (0 = never)."""
 
-    name: str = "custom"
+    name: str = "custom"  # run name (presets set theirs)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 1000
+    steps: int = 1000  # total optimiser steps
     micro_batch_size: int = 1  # video sequences per process and micro-step
     image_micro_batch_size: int | None = None  # image sequences (None: micro_batch_size)
-    grad_accumulation: int = 1
-    precision: str = "auto"
-    parallel: str = "auto"
-    attention: str = "split"
+    grad_accumulation: int = 1  # micro-steps per optimiser step
+    precision: Precision = "auto"  # auto (bf16 on GPUs with bf16, else fp32) | bf16 | fp32
+    parallel: Parallel = "auto"  # auto (fsdp on several processes) | none | ddp | fsdp
+    attention: AttentionMode = "split"  # split (per-frame runs, no L x L mask) | dense
     loss_chunk_size: int = 1024  # loss positions per [chunk, codebook] logits block
-    seed: int = 0
-    output_dir: str = "runs/lumos"
-    log_every: int = 1
-    validate_every: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 3
-    tensorboard: bool = True
+    seed: int = 0  # weights, data order and masks
+    output_dir: str = "runs/lumos"  # metrics, checkpoints and the final model
+    log_every: int = 1  # metrics row every N steps
+    validate_every: int = 0  # validation every N steps
+    checkpoint_every: int = 0  # training checkpoint every N steps
+    keep_checkpoints: int = 3  # newest training checkpoints kept
+    tensorboard: bool = True  # mirror metrics to OUTPUT/tensorboard (if installed)
     threads: int | None = None  # torch CPU threads per process (None: torch default)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise LumosError(f"precision {self.precision!r} unknown; choose one of {PRECISIONS}")
-        if self.parallel not in PARALLEL:
-            raise LumosError(f"parallel {self.parallel!r} unknown; choose one of {PARALLEL}")
-        if self.attention not in ATTENTION_MODES:
-            raise LumosError(
-                f"attention {self.attention!r} unknown; choose one of {ATTENTION_MODES}"
-            )
+        _choice("precision", self.precision, Precision)
+        _choice("parallel", self.parallel, Parallel)
+        _choice("attention", self.attention, AttentionMode)
         for name in (
             "steps",
             "micro_batch_size",

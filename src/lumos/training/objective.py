@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,31 +32,7 @@ from lumos.model.transformer import LumosModel
 from lumos.sequence.masking import SCHEDULES
 from lumos.sequence.structure import TokenStructure, token_structure
 from lumos.sequence.vocab import Vocabulary
-
-MASKING_TYPES = ("tube", "random", "diffusion_forcing")
-ATTENTION_MODES = ("split", "dense")
-
-
-@dataclass
-class MaskingConfig:
-    """Corruption of training samples. ``text_drop``: probability of dropping the text."""
-
-    type: str = "tube"
-    schedule: str = "cosine"
-    min_rate: float = 0.7
-    text_drop: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.type not in MASKING_TYPES:
-            raise LumosError(f"masking type {self.type!r} unknown; choose one of {MASKING_TYPES}")
-        if self.schedule not in SCHEDULES:
-            raise LumosError(
-                f"mask schedule {self.schedule!r} unknown; choose one of {list(SCHEDULES)}"
-            )
-        if not 0.0 <= self.min_rate <= 1.0:
-            raise LumosError(f"min masking rate must be in [0, 1], got {self.min_rate}")
-        if not 0.0 <= self.text_drop <= 1.0:
-            raise LumosError(f"text drop rate must be in [0, 1], got {self.text_drop}")
+from lumos.training.config import AttentionMode, MaskingConfig
 
 
 def mask_rate(u: torch.Tensor, schedule: str = "cosine", min_rate: float = 0.7) -> torch.Tensor:
@@ -234,10 +211,14 @@ class ARDFObjective(nn.Module):
     """The model plus its loss, as one module for DDP/FSDP wrapping (their hooks run on
     ``forward``). ``attention``: ``split`` (per-frame runs) or ``dense`` (boolean mask)."""
 
-    def __init__(self, model: LumosModel, chunk_size: int = 1024, attention: str = "split"):
+    def __init__(
+        self, model: LumosModel, chunk_size: int = 1024, attention: AttentionMode = "split"
+    ) -> None:
         super().__init__()
-        if attention not in ATTENTION_MODES:
-            raise LumosError(f"attention {attention!r} unknown; choose one of {ATTENTION_MODES}")
+        if attention not in get_args(AttentionMode):
+            raise LumosError(
+                f"attention {attention!r} unknown; choose one of {list(get_args(AttentionMode))}"
+            )
         self.model, self.chunk_size, self.attention = model, chunk_size, attention
 
     def forward(
