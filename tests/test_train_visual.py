@@ -7,18 +7,16 @@ import torch
 
 from lumos.cli.main import main
 from lumos.errors import LumosError
+from lumos.evaluation.tokenizer import evaluate_tokenizer, psnr, ssim
 from lumos.tokenizers.causal_video import CausalVideoTokenizer, CausalVideoTokenizerConfig
-from lumos.tokenizers.train_visual import (
+from lumos.tokenizers.visual import load_visual_tokenizer
+from lumos.training.visual_tokenizer import (
     CHECKPOINT_DIR,
     TRAINER_STATE,
     ClipStream,
     TrainSettings,
-    evaluate_tokenizer,
-    psnr,
-    ssim,
     train_tokenizer,
 )
-from lumos.tokenizers.visual import load_visual_tokenizer
 
 TINY = CausalVideoTokenizerConfig(
     levels=[4, 3], channels=[8, 16], encoder_blocks=1, decoder_blocks=1, norm_groups=4

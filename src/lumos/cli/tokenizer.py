@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from lumos.errors import LumosError
+from lumos.evaluation.tokenizer import evaluate_tokenizer
 from lumos.tokenizers.causal_video import CausalVideoTokenizerConfig
-from lumos.tokenizers.train_visual import TrainSettings, evaluate_tokenizer, train_tokenizer
 from lumos.tokenizers.visual import load_visual_tokenizer
+from lumos.training.visual_tokenizer import TrainSettings, train_tokenizer
 
 
 def _int_list(text: str) -> list[int]:
