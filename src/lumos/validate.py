@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) 
 def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
     """``value`` as an int in ``lo..hi`` (inclusive). Booleans, fractional numbers and
     non-numeric strings are refused; ``"12"`` and ``12.0`` are accepted as 12."""
+    original = value
     if isinstance(value, str):
         try:
             value = int(value.strip())
@@ -56,8 +58,7 @@ def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None)
         or (lo is not None and value < lo)
         or (hi is not None and value > hi)
     ):
-        shown = value if value is not None else "not an integer"
-        raise LumosError(f"{name} must be an integer {allowed}, got {shown!r}")
+        raise LumosError(f"{name} must be an integer {allowed}, got {original!r}")
     return value
 
 
@@ -189,18 +190,25 @@ def output_path(
             raise LumosError(f"{what} {p} is a directory; give a file name")
         if kind == "dir" and not p.is_dir():
             raise LumosError(f"{what} {p} is an existing file; give a directory")
-        target = p if kind == "dir" else p.parent
-        if not os.access(target, os.W_OK | os.X_OK):
-            raise LumosError(f"{what} {p} is not writable (permission denied)")
+        _probe(p if kind == "dir" else p.parent, p, what)
         return p
     parent = p.parent
-    while not parent.exists():
+    while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise LumosError(f"{what} {p}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise LumosError(f"{what} {p}: cannot create it in {parent} (permission denied)")
+    _probe(parent, p, what)
     return p
+
+
+def _probe(folder: Path, path: Path, what: str) -> None:
+    """Create (and drop) an unnamed file in ``folder``: the only reliable writability test
+    (permissions, read-only mounts, root)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise LumosError(f"{what} {path}: cannot write in {folder} ({err.strerror})") from None
 
 
 def input_file(path: str | os.PathLike, what: str = "file") -> Path:

@@ -16,11 +16,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Print the architecture, parameter count and vocabulary layout of a Lumos "
         "checkpoint directory (official Lumos-1 or lumos format). Weights are not loaded.",
     )
-    p.add_argument("path", type=Path, help="checkpoint directory (config.json + safetensors)")
+    p.add_argument(
+        "path",
+        type=Path,
+        help="checkpoint directory (config.json + safetensors) or pipeline directory",
+    )
     p.set_defaults(func=run)
 
 
 def describe(path: Path) -> str:
+    """The description of a checkpoint directory, or of a pipeline directory's transformer
+    (the directories ``lumos generate --checkpoint`` accepts)."""
+    if (path / "transformer").is_dir() and not (path / "config.json").is_file():
+        path = path / "transformer"
     cfg = read_config(path)
     counts = {name: math.prod(t.shape) for name, t in read_state_dict(path, mmap=True).items()}
     total = sum(counts.values())

@@ -9,14 +9,17 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from lumos import validate
 from lumos.data.world import caption, sample_scene
 from lumos.errors import LumosError
 from lumos.sequence.layout import prompt_text
-from lumos.tokenizers.text import tokenizer_file, train_text_tokenizer
+from lumos.tokenizers.text import SPECIAL_TOKENS, tokenizer_file, train_text_tokenizer
 
 # (W, H) pixels and (fps, seconds) used to wrap captions in the prompt template while training.
 PROMPT_SIZES = [(64, 64), (128, 128), (448, 256), (256, 448), (320, 320), (672, 384), (768, 480)]
 PROMPT_TIMINGS = [(1, 1), (4, 2), (8, 2), (12, 2), (24, 1)]
+MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # special tokens and the byte alphabet
+MAX_VOCAB = 2**18
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,22 +36,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="a .json file, or a directory for tokenizer.json"
     )
-    p.add_argument("--vocab-size", type=int, default=8192, help="ids in total (default 8192)")
-    p.add_argument("--world", type=int, default=0, metavar="N", help="add N world captions")
+    p.add_argument(
+        "--vocab-size",
+        type=validate.int_arg(MIN_VOCAB, MAX_VOCAB),
+        default=8192,
+        help="ids in total (default 8192)",
+    )
+    p.add_argument(
+        "--world",
+        type=validate.int_arg(0, 10**7),
+        default=0,
+        metavar="N",
+        help="add N world captions",
+    )
     p.add_argument("--field", default="caption", help="caption field of .jsonl/.csv inputs")
     p.add_argument("--raw", action="store_true", help="train on captions as given, unwrapped")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    out = tokenizer_file(args.out)
+    validate.output_path(out, "file", args.inputs, "--out")
+    if out.is_file() and out.suffix.lower() != ".json":
+        raise LumosError(f"--out {out} is an existing non-JSON file; give a .json file or a directory")
     texts = [t for path in args.inputs for t in read_captions(path, args.field)]
     texts += world_captions(args.world)
     if not texts:
         raise LumosError("no captions: give caption files and/or --world N")
     if not args.raw:
         texts = wrap_in_prompts(texts)
-    tok = train_text_tokenizer(texts, args.vocab_size, args.out)
-    print(f"wrote {tokenizer_file(args.out)}: {tok.vocab_size} ids from {len(texts)} texts")
+    tok = train_text_tokenizer(texts, args.vocab_size, out)
+    print(f"wrote {out}: {tok.vocab_size} ids from {len(texts)} texts")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lumos import validate
 from lumos.data.buckets import PRESET_MAX_GRIDS, parse_size, resolution_buckets
 from lumos.data.pretokenize import (
     DEFAULT_ENCODE_BATCH,
@@ -21,6 +22,7 @@ DEFAULT_TEXT_TOKENIZER = DEFAULT_VISUAL_TOKENIZER_DIR.parent / "text_tokenizer"
 MANIFEST_FPS, WORLD_FPS = 12, 4  # defaults: 25 frames = 2 s at 12 fps; 9 frames = 2 s at 4 fps
 MANIFEST_FRAMES, WORLD_FRAMES = 25, 9
 MAX_FAILURES_SHOWN = 10
+SIDE = validate.int_arg(1, 4096)  # pixels
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,19 +43,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--world", metavar="SPLIT", help="use the procedural world (train or heldout)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--count", type=int, help="world: number of samples")
-    p.add_argument("--height", type=int, default=64, help="world: frame height in pixels")
-    p.add_argument("--width", type=int, default=64, help="world: frame width in pixels")
-    p.add_argument("--image-fraction", type=float, default=0.0, help="world: share of images")
-    p.add_argument("--seed", type=int, default=0, help="world: seed")
+    p.add_argument(
+        "--count", type=validate.int_arg(1, 10**8), help="world: number of samples"
+    )
+    p.add_argument("--height", type=SIDE, default=64, help="world: frame height in pixels")
+    p.add_argument("--width", type=SIDE, default=64, help="world: frame width in pixels")
+    p.add_argument(
+        "--image-fraction",
+        type=validate.float_arg(0, 1),
+        default=0.0,
+        help="world: share of images in [0, 1]",
+    )
+    p.add_argument("--seed", type=validate.SEED_ARG, default=0, help="world: seed")
     p.add_argument(
         "--frames",
-        type=int,
+        type=validate.int_arg(1, 257),
         help=f"RGB frames per video, 1 + 4k (default {MANIFEST_FRAMES}; world {WORLD_FRAMES})",
     )
     p.add_argument(
         "--fps",
-        type=int,
+        type=validate.int_arg(1, 240),
         help=f"video frame rate; frames - 1 must be a multiple (default {MANIFEST_FPS}; world "
         f"{WORLD_FPS})",
     )
@@ -76,12 +85,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_TEXT_TOKENIZER,
         help="tokenizer.json or its directory (default: the shipped one)",
     )
-    p.add_argument("--workers", type=int, default=1, help="processes, each owning whole shards")
+    p.add_argument(
+        "--workers",
+        type=validate.int_arg(1, 256),
+        default=1,
+        help="processes, each owning whole shards",
+    )
     p.add_argument("--shard", default="0/1", help="i/N: do the shards j with j %% N == i")
-    p.add_argument("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD)
+    p.add_argument(
+        "--samples-per-shard",
+        type=validate.int_arg(1, 10**7),
+        default=DEFAULT_SAMPLES_PER_SHARD,
+    )
     p.add_argument(
         "--encode-batch",
-        type=int,
+        type=validate.int_arg(1, 4096),
         default=DEFAULT_ENCODE_BATCH,
         help="clips per visual-tokenizer call (part of the settings: keep it when resuming)",
     )
@@ -94,6 +112,8 @@ def _part(text: str) -> tuple[int, int]:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
         raise LumosError(f"--shard {text!r}: use i/N, e.g. 0/4") from None
+    if not 0 <= i < n <= 10**6:
+        raise LumosError(f"--shard {text!r}: need 0 <= i < N <= 1000000, e.g. 0/4")
     return i, n
 
 
@@ -103,8 +123,8 @@ def _source(args: argparse.Namespace) -> WorldSource | ManifestSource:
     if args.world is not None:
         if args.count is None:
             raise LumosError("--world needs --count N (number of samples)")
-        frames = args.frames or WORLD_FRAMES
-        fps = args.fps or WORLD_FPS
+        frames = WORLD_FRAMES if args.frames is None else args.frames
+        fps = WORLD_FPS if args.fps is None else args.fps
         return WorldSource(
             args.world,
             args.count,
@@ -115,7 +135,8 @@ def _source(args: argparse.Namespace) -> WorldSource | ManifestSource:
             args.image_fraction,
             args.seed,
         )
-    frames, fps = args.frames or MANIFEST_FRAMES, args.fps or MANIFEST_FPS
+    frames = MANIFEST_FRAMES if args.frames is None else args.frames
+    fps = MANIFEST_FPS if args.fps is None else args.fps
     if args.size:
         return ManifestSource.open(args.manifest, frames, fps, size=parse_size(args.size))
     budget = args.buckets or "256p"
@@ -126,6 +147,8 @@ def _source(args: argparse.Namespace) -> WorldSource | ManifestSource:
 
 
 def run(args: argparse.Namespace) -> int:
+    part = _part(args.shard)
+    validate.output_path(args.out, "dir", [args.manifest], "--out")
     source = _source(args)
     job, toks = make_job(
         source,
@@ -135,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         args.samples_per_shard,
         args.encode_batch,
     )
-    s = pretokenize(job, toks, args.workers, _part(args.shard), progress=not args.quiet)
+    s = pretokenize(job, toks, args.workers, part, progress=not args.quiet)
     rate = f" ({s['samples_per_second']:.1f} samples/s)" if s["samples_per_second"] else ""
     print(
         f"shards {s['part']}: {s['shards_tokenized']} tokenized, {s['shards_skipped']} already "

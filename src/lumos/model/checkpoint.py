@@ -30,16 +30,25 @@ IGNORED_PREFIXES = ("model.vqmodel.",)  # checkpoint keys that are not part of t
 
 def read_config(path: str | os.PathLike) -> LumosConfig:
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LumosError(f"{path} is a file; give a checkpoint directory (config.json + weights)")
     if not path.is_dir():
         raise LumosError(f"checkpoint directory {path} does not exist")
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise LumosError(f"{path} has no config.json; is it a Lumos checkpoint directory?")
     try:
-        data = json.loads(cfg_file.read_text())
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LumosError(f"{cfg_file} is not valid JSON ({err})") from None
-    return LumosConfig.from_dict(data)
+    if not isinstance(data, dict):
+        raise LumosError(f"{cfg_file} must hold a JSON object, got {type(data).__name__}")
+    try:
+        return LumosConfig.from_dict(data)
+    except LumosError as err:
+        raise LumosError(f"{cfg_file}: {err}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise LumosError(f"{cfg_file} has a value of the wrong type ({err})") from None
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -50,8 +59,14 @@ def weight_files(path: Path) -> list[Path]:
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError, TypeError):
             raise LumosError(f"{index} is not a valid safetensors index") from None
+        root = path.resolve()
+        outside = [
+            s for s in shards if not isinstance(s, str) or (root / s).resolve().parent != root
+        ]
+        if outside:
+            raise LumosError(f"{index} names shards outside {path}: {outside[:3]}")
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
             raise LumosError(f"{path} lacks weight shards {missing} listed in {index.name}")
@@ -85,6 +100,10 @@ def map_safetensors(file: Path) -> dict[str, torch.Tensor]:
         if header_len > size - 8:
             raise ValueError("header length exceeds the file size")
         header = json.loads(f.read(header_len))
+    if not isinstance(header, dict) or not all(
+        isinstance(v, dict) for k, v in header.items() if k != "__metadata__"
+    ):
+        raise ValueError("the header is not a JSON object of tensor entries")
     header.pop("__metadata__", None)
     storage = torch.UntypedStorage.from_file(str(file), False, size)
     tensors = {}
@@ -109,7 +128,7 @@ def read_state_dict(path: Path, mmap: bool = True) -> dict[str, torch.Tensor]:
     for file in weight_files(path):
         try:
             tensors = map_safetensors(file) if mmap else load_file(file)
-        except (SafetensorError, OSError, ValueError, KeyError, struct.error) as err:
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError, struct.error) as err:
             raise LumosError(
                 f"cannot read weights {file}: {err} (corrupt or truncated file?)"
             ) from None

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lumos import validate
 from lumos.errors import LumosError
 from lumos.sequence.vocab import Vocabulary
 
@@ -50,6 +51,17 @@ class LumosConfig:
     vocabulary: dict = field(default_factory=lambda: Vocabulary.official().to_dict())
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
+            validate.integer(name, getattr(self, name), 1, 2**24)
+        for name in ("num_attention_heads", "num_key_value_heads", "rope_scale_t", "rope_scale_hw"):
+            validate.integer(name, getattr(self, name), 1, 1024)
+        validate.integer("max_position_embeddings", self.max_position_embeddings, 1)
+        validate.number("rope_theta", self.rope_theta, 0, lo_open=True)
+        validate.number("rms_norm_eps", self.rms_norm_eps, 0, 1, lo_open=True)
+        validate.number("initializer_range", self.initializer_range, 0)
+        validate.boolean("frame_bidirectional", self.frame_bidirectional)
+        if not isinstance(self.vocabulary, dict):
+            raise LumosError(f"vocabulary must be a mapping of ids, got {self.vocabulary!r}")
         if self.rope_type not in ROPE_TYPES:
             raise LumosError(
                 f"rope_type {self.rope_type!r} unknown; choose one of {list(ROPE_TYPES)}"
