@@ -205,6 +205,13 @@ def read_manifest(path: Path) -> list[ManifestEntry]:
         if isinstance(row, str):
             entries.append(ManifestEntry(key=f"row-{n}", error=row))
             continue
+        wrong = [k for k in ("path", "caption") if not isinstance(row.get(k) or "", str)]
+        if wrong:  # a list, number or object is not a caption (nor a path)
+            kind = type(row[wrong[0]]).__name__
+            entries.append(
+                ManifestEntry(f"row-{n}", error=f"manifest row {n}: {wrong[0]} is a {kind}, not text")
+            )
+            continue
         media, caption = str(row.get("path") or ""), str(row.get("caption") or "")
         key = str(row.get("id") or media or f"row-{n}")
         if not media or not caption.strip():
