@@ -259,7 +259,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise LumosError(f"override {item!r}: {p} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise LumosError(f"override {item!r}: value is not valid YAML ({err.problem})") from None
     return data
 
 
@@ -270,10 +273,9 @@ def load_config(
     data = PRESETS[_preset_name(preset)]().to_dict() if preset else {}
     if path:
         file = Path(path)
-        if not file.is_file():
-            raise LumosError(f"config file {file} does not exist")
+        text = validate.read_text(file, "config file")
         try:
-            loaded = yaml.safe_load(file.read_text()) or {}
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             raise LumosError(f"{file} is not valid YAML ({str(err).splitlines()[0]})") from None
         data = _merge(data, loaded)
