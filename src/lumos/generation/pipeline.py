@@ -139,9 +139,15 @@ class LumosPipeline:
         text_path = Path(text_tokenizer) if text_tokenizer else root / "text_tokenizer"
         visual_path = Path(visual_tokenizer) if visual_tokenizer else root / "visual_tokenizer"
         if not text_path.exists():
-            raise LumosError(f"text tokenizer {text_path} not found; pass --text-tokenizer")
+            raise LumosError(
+                f"text tokenizer {text_path} not found; give a pipeline directory (or, for a "
+                "bare model directory, the text tokenizer: lumos generate --text-tokenizer)"
+            )
         if not visual_path.exists():
-            raise LumosError(f"visual tokenizer {visual_path} not found; pass --visual-tokenizer")
+            raise LumosError(
+                f"visual tokenizer {visual_path} not found; give a pipeline directory (or, for a "
+                "bare model directory, the visual tokenizer: lumos generate --visual-tokenizer)"
+            )
         return cls(
             LumosModel.from_pretrained(model_dir),
             TextTokenizer.from_file(text_path),
