@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from lumos.cli.analyser import main
 from lumos.data.world import (
     SHAPES,
     SIZE_RADIUS,
@@ -20,7 +21,6 @@ from lumos.evaluation.analyser import (
     analyse,
     degrade,
     evaluate_world,
-    main,
     score,
 )
 
@@ -135,7 +135,10 @@ def test_empty_noise_and_bad_input():
     assert empty.objects == () and empty.background == "black"
     assert not score(empty, sample_scene(0))["count"]
     noise = np.random.default_rng().integers(0, 256, size=(3, 48, 64, 3), dtype=np.uint8)
-    assert isinstance(analyse(noise), Analysis)
+    read = analyse(noise)
+    # Uniform noise: the border median is mid-grey, and no blob fits any shape.
+    assert (read.num_frames, read.height, read.width, read.background) == (3, 48, 64, "grey")
+    assert len(read.objects) <= 3 and all(o.confidence < 0.05 for o in read.objects), read
     with pytest.raises(LumosError):
         analyse(np.zeros((2, 32, 32, 3), np.float32))
     with pytest.raises(LumosError):

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from lumos.data import shards as fmt
@@ -75,8 +77,23 @@ def test_presets_and_overrides(tmp_path):
             load_config(preset="tiny-cpu-t2i", overrides=bad)
     with pytest.raises(LumosError):
         load_config(preset="no-such-preset")
-    for example in (Path(__file__).parents[1] / "configs").glob("*.yaml"):
-        assert load_config(str(example)).steps > 0
+    examples = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert examples
+    for example in examples:  # every value an example file sets is the value the config holds
+        written, loaded = yaml.safe_load(example.read_text()), load_config(str(example)).to_dict()
+        for key, value in leaves(written):
+            held = functools.reduce(lambda d, k: d[k], key.split("."), loaded)
+            assert held == (tuple(value) if isinstance(held, tuple) else value), (example, key)
+
+
+def leaves(data: dict, prefix: str = ""):
+    """``(dotted key, value)`` of every non-mapping value of a nested config mapping (a model's
+    ``overrides`` mapping is one value)."""
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "overrides":
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def test_lr_schedule_and_step_kinds():
