@@ -5,6 +5,7 @@ from lumos import LumosError, Vocabulary
 from lumos.sequence.layout import (
     build_sequence,
     frame_tokens,
+    header_timing,
     parse_sequence,
     prompt_text,
     tokens_per_frame,
@@ -135,3 +136,9 @@ def test_structure_slice_keeps_positions_of_the_full_sequence():
         assert part.frame.shape == (2, end - start) and torch.equal(part.p0, s.p0)
         assert torch.equal(rope_positions(part), full[:, :, start:end])
         assert torch.equal(part.content, s.content[:, start:end])
+
+
+def test_header_timing_counts_rgb_frames():
+    assert header_timing(1, 12) == (1, 1)  # an image: 1 s at 1 fps
+    assert header_timing(25, 12) == (12, 2)  # 7 latent frames of a 4x temporal tokenizer
+    assert header_timing(9, 4) == (4, 2) and header_timing(5, 12) == (12, 1)  # at least 1 s

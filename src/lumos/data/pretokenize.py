@@ -49,7 +49,7 @@ from lumos.data.buckets import GRID
 from lumos.data.video_io import IMAGE_SUFFIXES, load_clip
 from lumos.data.world import ProceduralWorld
 from lumos.errors import LumosError
-from lumos.sequence.layout import prompt_text
+from lumos.sequence.layout import header_timing, prompt_text
 from lumos.sequence.vocab import Vocabulary
 from lumos.tokenizers.text import NUM_INT_TOKENS, TextTokenizer
 from lumos.tokenizers.visual import (
@@ -383,7 +383,7 @@ def tokenize_shard(
                 failures.append({"index": i, "key": key, "error": _one_line(err)})
         codes = _encode_grouped(toks.visual, {i: r.video for i, (r, _) in loaded.items()})
         for i, (raw, text_ids) in loaded.items():
-            fps, duration = _timing(raw, job.source.fps)
+            fps, duration = header_timing(raw.video.shape[1], job.source.fps)
             t, h, w = codes[i].shape
             sc = toks.visual.spatial_compression
             samples.append(
@@ -422,15 +422,8 @@ def tokenize_shard(
 
 def _prompt(raw: RawSample, fps: int) -> str:
     _, _, height, width = raw.video.shape
-    rate, duration = _timing(raw, fps)
+    rate, duration = header_timing(raw.video.shape[1], fps)
     return prompt_text(raw.caption, width, height, rate, duration)
-
-
-def _timing(raw: RawSample, fps: int) -> tuple[int, int]:
-    """(fps, duration in s) of the sequence header; images are 1 s at 1 fps."""
-    if raw.kind == "image":
-        return 1, 1
-    return fps, (raw.video.shape[1] - 1) // fps
 
 
 def _encode_grouped(visual: VisualTokenizer, videos: dict[int, torch.Tensor]) -> dict:

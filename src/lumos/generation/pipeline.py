@@ -28,7 +28,7 @@ from lumos.errors import LumosError
 from lumos.generation.generate import GenerationConfig, generate
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
-from lumos.sequence.layout import prompt_text
+from lumos.sequence.layout import header_timing, prompt_text
 from lumos.sequence.vocab import Vocabulary
 from lumos.tokenizers.text import NUM_INT_TOKENS, TextTokenizer
 from lumos.tokenizers.visual import VisualTokenizer, load_visual_tokenizer
@@ -211,7 +211,7 @@ class LumosPipeline:
         height = d.height if height is None else height
         width = d.width if width is None else width
         t, h, w = self.latent_shape(num_frames, height, width)
-        fps, duration = (1, 1) if num_frames == 1 else (d.fps, max(1, (num_frames - 1) // d.fps))
+        fps, duration = header_timing(num_frames, d.fps)
         text_ids = [
             self.text_tokenizer.encode(prompt_text(p, width, height, fps, duration))
             for p in prompts

@@ -36,6 +36,15 @@ def prompt_text(caption: str, width: int, height: int, fps: int, duration: int) 
     )
 
 
+def header_timing(rgb_frames: int, fps: int) -> tuple[int, int]:
+    """``(fps, duration)`` written in the prompt and the sequence header for a clip of
+    ``rgb_frames`` RGB frames (not latent frames) sampled at ``fps``: an image is 1 s at 1 fps,
+    a video lasts ``(rgb_frames - 1) // fps`` whole seconds, at least 1."""
+    if rgb_frames == 1:
+        return 1, 1
+    return fps, max(1, (rgb_frames - 1) // fps)
+
+
 def tokens_per_frame(h: int, w: int) -> int:
     """Tokens of one latent frame of ``h`` x ``w`` latent tokens, header and FEND included."""
     return FRAME_HEADER_LEN + h * (w + 1) + 1

@@ -23,7 +23,7 @@ import torch
 
 from lumos.data.kinds import KINDS, kinds_used, step_kind
 from lumos.errors import LumosError
-from lumos.sequence.layout import build_sequence
+from lumos.sequence.layout import build_sequence, header_timing
 from lumos.sequence.vocab import Vocabulary
 
 
@@ -56,7 +56,8 @@ class SyntheticSource:
     Each sample draws 4 colours out of 16 visual codes, a stripe pattern and a horizontal motion
     (-1, 0, +1 latent columns per frame); its text names them in its first 6 tokens (then random
     filler), so text-to-image conditioning, in-frame structure and motion are all learnable.
-    ``size`` is pixels (height, width); ``frames`` latent frames (1 for images).
+    ``size`` is pixels (height, width); ``frames`` latent frames (1 for images), which stand
+    for ``1 + temporal * (frames - 1)`` RGB frames at ``fps`` in the header.
     """
 
     COLOURS = 16
@@ -76,6 +77,7 @@ class SyntheticSource:
         world_size: int = 1,
         accumulation: int = 1,
         spatial: int = 8,
+        temporal: int = 4,
     ) -> None:
         if kind not in KINDS:
             raise LumosError(f"unknown sample kind {kind!r}; use one of {KINDS}")
@@ -84,7 +86,7 @@ class SyntheticSource:
         self.vocab, self.kind, self.spatial = vocab, kind, spatial
         self.h, self.w = size[0] // spatial, size[1] // spatial
         self.frames = 1 if kind == "image" else frames
-        self.duration, self.fps = (1, 1) if kind == "image" else (max(1, frames // fps), fps)
+        self.fps, self.duration = header_timing(1 + temporal * (self.frames - 1), fps)
         self.text_tokens, self.micro_batch_size = text_tokens, micro_batch_size
         self.keys = (seed, ("train", "val").index(split), KINDS.index(kind))
         self.rank, self.world_size, self.accumulation = rank, world_size, accumulation
