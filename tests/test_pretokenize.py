@@ -22,9 +22,10 @@ from lumos.data.video_io import write_video
 from lumos.data.world import ProceduralWorld
 from lumos.errors import LumosError
 from lumos.sequence.layout import parse_sequence, prompt_text
+from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.causal_video import CausalVideoTokenizer
 from lumos.tokenizers.text import TextTokenizer, train_text_tokenizer
-from lumos.tokenizers.visual import frames_to_video, load_visual_tokenizer
+from lumos.tokenizers.visual import frames_to_video
 
 # 48 world samples in 8 shards of 6, non-square 32x64 (H x W) frames, 9 RGB frames at 4 fps.
 WORLD = dict(split="train", count=48, height=32, width=64, frames=9, fps=4, image_fraction=0.3)

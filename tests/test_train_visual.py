@@ -8,8 +8,8 @@ import torch
 from lumos.cli.main import main
 from lumos.errors import LumosError
 from lumos.evaluation.tokenizer import evaluate_tokenizer, psnr, ssim
+from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.causal_video import CausalVideoTokenizer, CausalVideoTokenizerConfig
-from lumos.tokenizers.visual import load_visual_tokenizer
 from lumos.training.visual_tokenizer import (
     CHECKPOINT_DIR,
     TRAINER_STATE,

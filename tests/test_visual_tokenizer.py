@@ -5,6 +5,7 @@ from torch import nn
 
 from lumos.data.world import ProceduralWorld
 from lumos.errors import LumosError
+from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.causal_video import (
     CausalVideoTokenizer,
     CausalVideoTokenizerConfig,
@@ -15,7 +16,6 @@ from lumos.tokenizers.cosmos import CosmosTokenizer
 from lumos.tokenizers.visual import (
     DEFAULT_VISUAL_TOKENIZER_DIR,
     frames_to_video,
-    load_visual_tokenizer,
     video_to_frames,
 )
 

@@ -26,6 +26,7 @@ COMMANDS = [
     "tokenize",
     "train",
     "world",
+    "convert",
 ]
 
 

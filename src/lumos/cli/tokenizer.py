@@ -11,8 +11,8 @@ import torch
 
 from lumos.errors import LumosError
 from lumos.evaluation.tokenizer import evaluate_tokenizer
+from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.causal_video import CausalVideoTokenizerConfig
-from lumos.tokenizers.visual import load_visual_tokenizer
 from lumos.training.visual_tokenizer import TrainSettings, train_tokenizer
 
 

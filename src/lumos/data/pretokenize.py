@@ -51,12 +51,9 @@ from lumos.data.world import ProceduralWorld
 from lumos.errors import LumosError
 from lumos.sequence.layout import header_timing, prompt_text
 from lumos.sequence.vocab import Vocabulary
+from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.text import NUM_INT_TOKENS, TextTokenizer
-from lumos.tokenizers.visual import (
-    VisualTokenizer,
-    frames_to_video,
-    load_visual_tokenizer,
-)
+from lumos.tokenizers.visual import VisualTokenizer, frames_to_video
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 DEFAULT_ENCODE_BATCH = 8

@@ -30,13 +30,10 @@ from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
 from lumos.sequence.layout import header_timing, prompt_text
 from lumos.sequence.vocab import Vocabulary
+from lumos.tokenizers import load_visual_tokenizer
+from lumos.tokenizers.official_text import check_official_text_tokenizer
 from lumos.tokenizers.text import NUM_INT_TOKENS, TextTokenizer
-from lumos.tokenizers.visual import (
-    VisualTokenizer,
-    frames_to_video,
-    load_visual_tokenizer,
-    video_to_frames,
-)
+from lumos.tokenizers.visual import VisualTokenizer
 
 DEFAULT_PIPELINE_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 WORLD_PROMPT_DOMAIN = "procedural-world"  # prompts as parsed by lumos.data.world.parse_caption
@@ -59,6 +56,11 @@ class PipelineDefaults:
     guidance_scale: float = 3.0
     history_mask_ratio: float = 0.7
     num_threads: int | None = None  # CPU threads the CLI uses (None: PyTorch's default)
+    # Official checkpoints (lumos convert-official): seconds of video, guidance for
+    # text-to-image, and the resolution buckets [[W, H], ...] in pixels.
+    duration: int | None = None
+    image_guidance_scale: float | None = None
+    resolution_buckets: list[list[int]] | None = None
     prompt_domain: str | None = None
 
     @classmethod
@@ -120,6 +122,10 @@ class LumosPipeline:
                 f"the model has {v.codebook_size} visual ids but the visual tokenizer has "
                 f"{visual_tokenizer.codebook_size} codes; they do not belong together"
             )
+        if dataclasses.replace(v, codebook_size=0) == dataclasses.replace(
+            Vocabulary.official(), codebook_size=0
+        ):  # official ids: the text tokenizer must be Chameleon's with the video tokens
+            check_official_text_tokenizer(text_tokenizer, v)
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -135,8 +141,6 @@ class LumosPipeline:
         root = Path(path) if path is not None else DEFAULT_PIPELINE_DIR
         if not root.exists():
             raise LumosError(f"checkpoint path {root} does not exist")
-        if not root.is_dir():
-            raise LumosError(f"checkpoint path {root} is a file; give a pipeline or model directory")
         model_dir = root / "transformer" if (root / "transformer").is_dir() else root
         if path is None and not (model_dir / "config.json").is_file():
             raise LumosError(
@@ -235,7 +239,13 @@ class LumosPipeline:
                 raise LumosError("image-to-video needs num_frames > 1 (e.g. 9)")
         config = GenerationConfig(
             num_steps=d.num_inference_steps if num_inference_steps is None else num_inference_steps,
-            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_scale=(
+                guidance_scale
+                if guidance_scale is not None
+                else d.image_guidance_scale
+                if num_frames == 1 and d.image_guidance_scale is not None
+                else d.guidance_scale
+            ),
             history_mask_ratio=(
                 d.history_mask_ratio if history_mask_ratio is None else history_mask_ratio
             ),
@@ -257,12 +267,20 @@ class LumosPipeline:
             callback=callback,
         )
         video = self.visual_tokenizer.decode(out.codes)  # [B, 3, T, H, W] in [-1, 1]
-        return PipelineOutput(video_to_frames(video), out.codes, fps)
+        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return PipelineOutput(frames.permute(0, 2, 3, 4, 1).numpy(), out.codes, fps)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """Latent (t, h, w) for ``num_frames`` RGB frames of ``height`` x ``width`` pixels (the
-        visual tokenizer's rule), with errors that list the allowed values."""
-        return self.visual_tokenizer.latent_shape(num_frames, height, width)
+        """Latent (t, h, w) for a request, with errors that list the allowed values."""
+        tc = self.visual_tokenizer.temporal_compression
+        sc = self.visual_tokenizer.spatial_compression
+        if num_frames < 1 or (num_frames - 1) % tc:
+            allowed = ", ".join(str(1 + tc * k) for k in range(5))
+            raise LumosError(f"num_frames must be 1 + {tc}k ({allowed}, ...); got {num_frames}")
+        for name, value in (("height", height), ("width", width)):
+            if value < sc or value % sc:
+                raise LumosError(f"{name} must be a positive multiple of {sc} pixels; got {value}")
+        return 1 + (num_frames - 1) // tc, height // sc, width // sc
 
     def encode_image(
         self, image: np.ndarray | torch.Tensor, batch: int, height: int, width: int
@@ -278,7 +296,8 @@ class LumosPipeline:
                 f"image is {x.shape[2]}x{x.shape[1]} pixels but the video is {width}x{height}; "
                 "resize it first (lumos.data.video_io.resize_crop)"
             )
-        return self.visual_tokenizer.encode(frames_to_video(x[:, None]))  # [B, 3, 1, H, W]
+        video = x.permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1.0  # [B, 3, 1, H, W]
+        return self.visual_tokenizer.encode(video)
 
 
 def save_frames(frames: np.ndarray, path: str | Path, fps: int) -> Path:

@@ -21,7 +21,9 @@ from lumos.tokenizers.visual import VisualTokenizer
 COSMOS_FSQ_LEVELS = (8, 8, 8, 5, 5, 5)
 
 
-def _load_jit(path: Path) -> torch.jit.ScriptModule:
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    """Load a TorchScript file on the CPU (runs code from the file: callers need the user's
+    explicit opt-in)."""
     if not path.is_file():
         raise LumosError(
             f"Cosmos tokenizer file {path} is missing; the directory must hold encoder.jit and "
@@ -66,8 +68,8 @@ class CosmosTokenizer(VisualTokenizer):
         if not path.is_dir():
             raise LumosError(f"Cosmos tokenizer directory {path} does not exist")
         self.path = path
-        self.encoder = _load_jit(path / "encoder.jit")
-        self.decoder = _load_jit(path / "decoder.jit")
+        self.encoder = load_torchscript(path / "encoder.jit")
+        self.decoder = load_torchscript(path / "decoder.jit")
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         out = self.encoder(video.to(_float_dtype(self.encoder)))

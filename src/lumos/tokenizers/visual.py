@@ -10,10 +10,10 @@ A visual tokenizer maps RGB video to a grid of discrete tokens and back:
   in [-1, 1].
 
 Latent frame 0 covers RGB frame 0 alone; latent frame j >= 1 covers RGB frames
-``tc*(j-1)+1 .. tc*j``. Two formats are recognised on disk: our own
-(``config.json`` + ``model.safetensors``, see :mod:`lumos.tokenizers.causal_video`) and an
-NVIDIA Cosmos discrete tokenizer directory (``encoder.jit`` + ``decoder.jit``, see
-:mod:`lumos.tokenizers.cosmos`).
+``tc*(j-1)+1 .. tc*j``. Implementations: :mod:`lumos.tokenizers.causal_video` (ours),
+:mod:`lumos.tokenizers.cosmos_native` (Cosmos-Tokenizer-DV4x8x8) and the TorchScript adapter
+:mod:`lumos.tokenizers.cosmos`; :func:`lumos.tokenizers.load_visual_tokenizer` loads any of
+them from a directory.
 """
 
 from __future__ import annotations
@@ -138,33 +138,3 @@ def video_to_frames(video: torch.Tensor) -> np.ndarray:
     """Float video [(B,) 3, T, H, W] in [-1, 1] -> uint8 RGB frames [(B,) T, H, W, 3]."""
     x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.movedim(-4, -1).cpu().numpy()
-
-
-def load_visual_tokenizer(
-    path: str | Path, allow_torchscript: bool = False, device: str | torch.device = "cpu"
-) -> VisualTokenizer:
-    """Load a tokenizer directory: ours (config.json + model.safetensors) or Cosmos
-    (encoder.jit + decoder.jit; runs TorchScript, so ``allow_torchscript`` must be True)."""
-    path = Path(path)
-    if not path.exists():
-        raise LumosError(f"visual tokenizer directory {path} does not exist")
-    if not path.is_dir():
-        raise LumosError(
-            f"{path} is a file; pass the directory holding the tokenizer "
-            "(config.json + model.safetensors, or Cosmos encoder.jit + decoder.jit)"
-        )
-    if (path / "config.json").exists() or (path / "model.safetensors").exists():
-        from lumos.tokenizers.causal_video import CausalVideoTokenizer
-
-        tokenizer: VisualTokenizer = CausalVideoTokenizer.from_pretrained(path)
-    elif (path / "encoder.jit").exists() or (path / "decoder.jit").exists():
-        from lumos.tokenizers.cosmos import CosmosTokenizer
-
-        tokenizer = CosmosTokenizer(path, allow_torchscript=allow_torchscript)
-    else:
-        raise LumosError(
-            f"{path} is not a visual tokenizer directory: expected config.json + "
-            "model.safetensors (lumos train-tokenizer) or encoder.jit + decoder.jit "
-            "(NVIDIA Cosmos-Tokenizer-DV4x8x8)"
-        )
-    return tokenizer.to(device).eval()
