@@ -63,7 +63,7 @@ def test_sampling_options_reach_the_sampler(pipe):
     [
         ({"prompt": " "}, "empty"),
         ({"prompt": "x", "num_frames": 4}, r"1 \+ 4k"),
-        ({"prompt": "x", "height": 60}, "multiple of 8"),
+        ({"prompt": "x", "height": 60}, "multiples of 8"),
         ({"prompt": "x", "image": np.zeros((32, 32, 3), np.uint8)}, "resize"),
         ({"prompt": "x", "num_inference_steps": 0}, "num_steps"),
         ({"prompt": "x", "history_mask_ratio": 1.5}, "history_mask_ratio"),

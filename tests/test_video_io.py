@@ -9,8 +9,9 @@ from PIL import Image
 
 import lumos.data.video_io as video_io
 from lumos.data.buckets import resolution_buckets
-from lumos.data.video_io import load_clip, read_video, resize_crop, to_float, to_uint8, write_video
+from lumos.data.video_io import load_clip, read_video, resize_crop, write_video
 from lumos.errors import LumosError
+from lumos.tokenizers.visual import frames_to_video, video_to_frames
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (apt ffmpeg)")
@@ -93,7 +94,7 @@ def test_load_clip_crop_geometry(mp4):
     clip_f = load_clip(mp4, num_frames=9, fps=12, size=(64, 96))
     assert clip_f.dtype == torch.float32 and clip_f.is_contiguous()
     assert clip_f.min() >= -1 and clip_f.max() <= 1
-    assert torch.equal(clip_f, to_float(clip))
+    assert torch.equal(clip_f, frames_to_video(clip.permute(1, 2, 3, 0)))
 
 
 @needs_ffmpeg
@@ -102,12 +103,12 @@ def test_read_bucket_resize_write_read_back(mp4, tmp_path):
     # 160x96 (5:3) -> the closest 256p bucket is 13x8 grids = 416x256
     assert clip.shape == (3, 9, 256, 416)
     expected = resize_crop(read_video(mp4, fps=12, max_frames=9)[0], (416, 256))
-    np.testing.assert_array_equal(to_uint8(clip), expected)
+    np.testing.assert_array_equal(video_to_frames(clip), expected)
     # batch axis: the visual tokenizer's [B, 3, T, H, W] layout
     batch = torch.stack([clip, -clip])
-    assert to_uint8(batch).shape == (2, 9, 256, 416, 3)
+    assert video_to_frames(batch).shape == (2, 9, 256, 416, 3)
     out = tmp_path / "sub" / "clip.mp4"
-    write_video(out, to_uint8(clip), fps=12)
+    write_video(out, video_to_frames(clip), fps=12)
     back, fps = read_video(out)
     assert back.shape == (9, 256, 416, 3) and fps == 12
     err = np.abs(back.astype(np.int16) - expected.astype(np.int16)).mean()
@@ -200,8 +201,6 @@ def test_write_errors(tmp_path):
         write_video(tmp_path / "x.mp4", frames.astype(np.float32), fps=8)
     with pytest.raises(LumosError, match="fps"):
         write_video(tmp_path / "x.mp4", frames, fps=0)
-    with pytest.raises(LumosError, match="float video"):
-        to_uint8(torch.zeros(3, 2, 8, 8, dtype=torch.uint8))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -224,11 +223,11 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before
 
 
-def test_to_uint8_values():
+def test_pixel_value_conversion():
     x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.999, 1.0, 3.0]).view(1, 1, 1, 7).expand(3, 1, 1, 7)
-    assert to_uint8(x)[0, 0, :, 0].tolist() == [0, 0, 64, 128, 255, 255, 255]
-    v = torch.randint(0, 256, (2, 3, 5, 8, 12), dtype=torch.uint8)
-    np.testing.assert_array_equal(to_uint8(to_float(v)), v.permute(0, 2, 3, 4, 1).numpy())
+    assert video_to_frames(x)[0, 0, :, 0].tolist() == [0, 0, 64, 128, 255, 255, 255]
+    v = torch.randint(0, 256, (2, 5, 8, 12, 3), dtype=torch.uint8)
+    np.testing.assert_array_equal(video_to_frames(frames_to_video(v)), v.numpy())
 
 
 @needs_ffmpeg

@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 from lumos.atomic import atomic_path
 from lumos.data.buckets import choose_bucket, resize_crop_box
 from lumos.errors import LumosError
+from lumos.tokenizers.visual import frames_to_video
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 _WRITABLE_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -200,27 +201,9 @@ def load_clip(
     else:
         target = choose_bucket(frames.shape[2], frames.shape[1], size)
     frames = np.require(resize_crop(frames, target), requirements="W")  # copy only if read-only
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
-    return video if dtype == torch.uint8 else to_float(video, dtype)
-
-
-def to_float(video: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 video (any layout) to ``dtype`` in [-1, 1]: ``x / 127.5 - 1``."""
-    return video.to(dtype) / 127.5 - 1.0
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """``[3, T, H, W]`` or ``[B, 3, T, H, W]`` in [-1, 1] to uint8 ``[(B,) T, H, W, 3]`` numpy.
-
-    Values are clamped to [-1, 1] and rounded.
-    """
-    if video.dim() not in (4, 5) or video.shape[-4] != 3 or not video.is_floating_point():
-        raise LumosError(
-            f"expected a float video [3,T,H,W] or [B,3,T,H,W] in [-1,1], got {video.dtype} "
-            f"{tuple(video.shape)}"
-        )
-    pixels = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.movedim(-4, -1).cpu().numpy()
+    if dtype == torch.uint8:
+        return torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
+    return frames_to_video(frames).to(dtype).contiguous()
 
 
 def write_video(
@@ -241,7 +224,8 @@ def write_video(
     if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3 or not video.shape[0]:
         raise LumosError(
             f"write_video needs uint8 frames [T,H,W,3] with T >= 1, got {video.dtype} "
-            f"{tuple(video.shape)}; convert a [-1,1] tensor with to_uint8()"
+            f"{tuple(video.shape)}; convert a [-1,1] tensor with "
+            "lumos.tokenizers.visual.video_to_frames()"
         )
     if not (math.isfinite(fps) and fps > 0):
         raise LumosError(f"fps must be a positive number, got {fps}")
