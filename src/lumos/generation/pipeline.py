@@ -33,7 +33,7 @@ from lumos.sequence.vocab import Vocabulary
 from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.official_text import check_official_text_tokenizer
 from lumos.tokenizers.text import NUM_INT_TOKENS, TextTokenizer
-from lumos.tokenizers.visual import VisualTokenizer
+from lumos.tokenizers.visual import VisualTokenizer, frames_to_video, video_to_frames
 
 DEFAULT_PIPELINE_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 WORLD_PROMPT_DOMAIN = "procedural-world"  # prompts as parsed by lumos.data.world.parse_caption
@@ -267,20 +267,12 @@ class LumosPipeline:
             callback=callback,
         )
         video = self.visual_tokenizer.decode(out.codes)  # [B, 3, T, H, W] in [-1, 1]
-        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return PipelineOutput(frames.permute(0, 2, 3, 4, 1).numpy(), out.codes, fps)
+        return PipelineOutput(video_to_frames(video), out.codes, fps)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """Latent (t, h, w) for a request, with errors that list the allowed values."""
-        tc = self.visual_tokenizer.temporal_compression
-        sc = self.visual_tokenizer.spatial_compression
-        if num_frames < 1 or (num_frames - 1) % tc:
-            allowed = ", ".join(str(1 + tc * k) for k in range(5))
-            raise LumosError(f"num_frames must be 1 + {tc}k ({allowed}, ...); got {num_frames}")
-        for name, value in (("height", height), ("width", width)):
-            if value < sc or value % sc:
-                raise LumosError(f"{name} must be a positive multiple of {sc} pixels; got {value}")
-        return 1 + (num_frames - 1) // tc, height // sc, width // sc
+        """Latent (t, h, w) for ``num_frames`` RGB frames of ``height`` x ``width`` pixels (the
+        visual tokenizer's rule), with errors that list the allowed values."""
+        return self.visual_tokenizer.latent_shape(num_frames, height, width)
 
     def encode_image(
         self, image: np.ndarray | torch.Tensor, batch: int, height: int, width: int
@@ -296,8 +288,7 @@ class LumosPipeline:
                 f"image is {x.shape[2]}x{x.shape[1]} pixels but the video is {width}x{height}; "
                 "resize it first (lumos.data.video_io.resize_crop)"
             )
-        video = x.permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1.0  # [B, 3, 1, H, W]
-        return self.visual_tokenizer.encode(video)
+        return self.visual_tokenizer.encode(frames_to_video(x[:, None]))  # [B, 3, 1, H, W]
 
 
 def save_frames(frames: np.ndarray, path: str | Path, fps: int) -> Path:
