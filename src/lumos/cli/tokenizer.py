@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from lumos.errors import LumosError
+from lumos import validate
+from lumos.atomic import write_text
+from lumos.data.world import SPLITS
 from lumos.evaluation.tokenizer import evaluate_tokenizer
 from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.causal_video import CausalVideoTokenizerConfig
@@ -18,11 +20,20 @@ from lumos.training.visual_tokenizer import TrainSettings, train_tokenizer
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.split(",")]
     except ValueError as err:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from err
+    if not 1 <= len(values) <= 8 or not all(1 <= v <= 4096 for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1 to 8 integers in 1..4096, got {text!r}")
+    return values
+
+
+MAX_STEPS = 10**9
+SIDE = validate.int_arg(1, 4096)  # pixels
+FRAMES = validate.int_arg(1, 257)  # RGB frames
+WIDTH = validate.int_arg(0, 4096)  # channels (0: the part is absent)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,29 +46,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/train_log.jsonl.",
     )
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--height", type=int, default=d.height, help="clip height in pixels")
-    p.add_argument("--width", type=int, default=d.width, help="clip width in pixels")
-    p.add_argument("--frames", type=int, default=d.frames, help="RGB frames per video clip")
+    p.add_argument("--steps", type=validate.int_arg(1, MAX_STEPS), default=d.steps, help="total optimisation steps")
+    p.add_argument("--batch-size", type=validate.int_arg(1, 4096), default=d.batch_size, help="clips per step")
+    p.add_argument("--lr", type=validate.float_arg(0, 10, lo_open=True), default=d.lr, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup-steps", type=validate.int_arg(0, MAX_STEPS), default=d.warmup_steps)
+    p.add_argument("--height", type=SIDE, default=d.height, help="clip height in pixels")
+    p.add_argument("--width", type=SIDE, default=d.width, help="clip width in pixels")
+    p.add_argument("--frames", type=FRAMES, default=d.frames, help="RGB frames per video clip")
     p.add_argument(
         "--image-fraction",
-        type=float,
+        type=validate.float_arg(0, 1),
         default=d.image_fraction,
         help="probability that a step trains on a batch of still images (T=1)",
     )
     p.add_argument(
         "--color-augment-from",
-        type=int,
+        type=validate.int_arg(0, MAX_STEPS),
         default=d.color_augment_from,
         help="permute each clip's RGB channels at random from this step on (applies on "
         "--resume too)",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--seed", type=validate.SEED_ARG, default=d.seed)
+    p.add_argument("--checkpoint-every", type=validate.int_arg(1, MAX_STEPS), default=d.checkpoint_every)
+    p.add_argument("--log-every", type=validate.int_arg(1, MAX_STEPS), default=d.log_every)
     p.add_argument(
         "--levels",
         type=_int_list,
@@ -70,30 +81,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=c.channels,
         help="widths per resolution stage; spatial compression = patch size * 2^(stages-1)",
     )
-    p.add_argument("--patch-size", type=int, default=c.patch_size)
-    p.add_argument("--encoder-blocks", type=int, default=c.encoder_blocks)
-    p.add_argument("--decoder-blocks", type=int, default=c.decoder_blocks)
+    p.add_argument("--patch-size", type=validate.int_arg(1, 64), default=c.patch_size)
+    p.add_argument("--encoder-blocks", type=validate.int_arg(0, 64), default=c.encoder_blocks)
+    p.add_argument("--decoder-blocks", type=validate.int_arg(0, 64), default=c.decoder_blocks)
     p.add_argument(
         "--refine-channels",
-        type=int,
+        type=WIDTH,
         default=c.refine_channels,
         help="width of the full-resolution refiner (0: none)",
     )
-    p.add_argument("--refine-features", type=int, default=c.refine_features)
+    p.add_argument("--refine-features", type=WIDTH, default=c.refine_features)
     p.add_argument(
         "--temporal-compression",
         type=int,
+        choices=[1, 2, 4, 8],
         default=c.temporal_compression,
         help="4 for video tokenizers, 1 for image-only ones",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--stop-after",
-        type=int,
+        type=validate.int_arg(1, MAX_STEPS),
         default=None,
         help="stop (with a checkpoint) after this many steps; --steps still sets the schedule",
     )
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=validate.THREADS_ARG, default=2, help="torch threads")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -105,31 +117,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument(
         "path", type=Path, help="tokenizer directory (ours or Cosmos encoder.jit/decoder.jit)"
     )
-    e.add_argument("--split", default="heldout", help="world split: train or heldout")
-    e.add_argument("--n", type=int, default=200, help="number of clips")
-    e.add_argument("--height", type=int, default=64)
-    e.add_argument("--width", type=int, default=64)
-    e.add_argument("--frames", type=int, default=9)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--split", choices=SPLITS, default="heldout", help="world split: train or heldout")
+    e.add_argument("--n", type=validate.int_arg(1, 100_000), default=200, help="number of clips")
+    e.add_argument("--height", type=SIDE, default=64)
+    e.add_argument("--width", type=SIDE, default=64)
+    e.add_argument("--frames", type=FRAMES, default=9)
+    e.add_argument("--seed", type=validate.SEED_ARG, default=0)
+    e.add_argument("--batch-size", type=validate.int_arg(1, 4096), default=8)
     e.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     e.add_argument(
         "--trust-torchscript",
         action="store_true",
         help="allow loading TorchScript (Cosmos encoder.jit/decoder.jit), which runs code",
     )
-    e.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    e.add_argument("--threads", type=validate.THREADS_ARG, default=2, help="torch threads")
     e.set_defaults(func=run_eval)
 
 
-def _set_threads(n: int) -> None:
-    if n < 1:
-        raise LumosError(f"--threads must be >= 1, got {n}")
-    torch.set_num_threads(n)
-
-
 def run_train(args: argparse.Namespace) -> int:
-    _set_threads(args.threads)
+    validate.output_path(args.out, "dir", what="--out")
+    torch.set_num_threads(args.threads)
     settings = TrainSettings(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -161,7 +168,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    _set_threads(args.threads)
+    if args.json is not None:
+        validate.output_path(args.json, "file", [args.path], "--json")
+    torch.set_num_threads(args.threads)
     tokenizer = load_visual_tokenizer(args.path, allow_torchscript=args.trust_torchscript)
     result = evaluate_tokenizer(
         tokenizer,
@@ -194,5 +203,5 @@ def run_eval(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:
-        args.json.write_text(text + "\n")
+        write_text(args.json, text + "\n")
     return 0
