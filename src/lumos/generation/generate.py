@@ -1,11 +1,19 @@
-"""Per-frame masked generation with classifier-free guidance and a KV cache (SPEC section 7).
+"""Per-frame masked generation with classifier-free guidance and a KV cache (docs/design.md,
+"Generation").
 
-Latent frames are produced one after another. Inside a frame, all tokens start as MASK and are
-revealed over ``num_steps`` MaskGIT steps: sample every masked position, score it by its log
-probability plus annealed Gumbel noise, keep the least confident masked. Text and finished frames
-live in a preallocated KV cache; only the current frame is re-run at each step, for the
-conditional and the unconditional branch together in one batched forward. A finished frame is
-written into the cache with the evenly spaced history mask; the returned codes stay unmasked.
+Latent frames are produced one after another. Inside a frame every token starts as MASK and a
+:class:`~lumos.generation.scheduler.MaskGITScheduler` reveals them over ``num_steps`` steps. The
+prompt and finished frames live in a preallocated KV cache; each step re-runs only the current
+frame, the conditional and the unconditional branch together in one batched forward. A finished
+frame is written into the cache with the evenly spaced history mask; the returned codes stay
+unmasked.
+
+GPU-shaped by design: no attention call carries a mask (left-padded rows are grouped by their
+padding, ``model/kv_cache.py``), random numbers are drawn on the model's device, and a step does
+not read anything back to the host, so the number of host synchronisations per frame does not
+depend on the number of steps. :func:`denoise_step` has fixed shapes within a frame (the
+compiled form scores every grid position); ``compile=True`` compiles it with ``fullgraph=True``:
+one graph for the first frame, one with a symbolic key length for all later frames.
 
 Units: ``height``/``width`` here are latent tokens per frame (pixels / spatial compression),
 ``num_frames`` latent frames.
@@ -14,43 +22,67 @@ Units: ``height``/``width`` here are latent tokens per frame (pixels / spatial c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from lumos.errors import LumosError
+from lumos.generation.scheduler import FrameState, MaskGITScheduler
+from lumos.model.kv_cache import KVCache, RowGroup, RowGroupAttention
 from lumos.model.transformer import LumosModel
 from lumos.sequence.layout import FRAME_HEADER_LEN, frame_tokens, prefix_tokens, tokens_per_frame
+from lumos.sequence.masking import SCHEDULES, history_mask_indices
 
 StepCallback = Callable[[int, int, int, int], None]  # (frame, step, num_frames, num_steps)
+GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass
 class GenerationConfig:
-    """Sampling options. Defaults are the official ones for video (SPEC section 7)."""
+    """Sampling options. Defaults are the official ones for video (docs/design.md)."""
 
-    num_steps: int = 50
-    guidance_scale: float = 15.0
-    history_mask_ratio: float = 0.7
+    num_steps: int = 50  # MaskGIT steps per latent frame
+    guidance_scale: float = 15.0  # classifier-free guidance; 1 turns the unconditional branch off
+    history_mask_ratio: float = 0.7  # fraction of a finished frame masked in the cache
     temperature: float = 1.0  # scale of the Gumbel noise on confidences (annealed per frame)
     sample_temperature: float = 1.0  # softmax temperature of the token sampling
-    top_k: int | None = None
+    top_k: int | None = None  # sample among the k most likely codes only
     official_temperature: bool = False  # reproduce the official running-product noise decay
-    use_cache: bool = True  # False recomputes the whole sequence each step (reference path)
-    chunk_size: int = 64  # masked positions whose logits are materialised at once
+    schedule: str = "cosine"  # masking-ratio schedule of the steps (sequence/masking.py)
+    chunk_size: int = 64  # grid positions whose logits are materialised at once
+    fixed_shapes: bool = False  # score every grid position each step (always on when compiled)
 
     def validate(self) -> None:
+        def finite(name: str, value: float, low: float, strict: bool = False) -> None:
+            ok = math.isfinite(value) and (value > low if strict else value >= low)
+            if not ok:
+                bound = ">" if strict else ">="
+                raise LumosError(f"{name} must be a finite number {bound} {low}, got {value}")
+
         if self.num_steps < 1:
             raise LumosError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.guidance_scale < 0:
-            raise LumosError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if not 0.0 <= self.history_mask_ratio < 1.0:
+        finite("guidance_scale", self.guidance_scale, 0.0)
+        finite("temperature", self.temperature, 0.0)
+        finite("sample_temperature", self.sample_temperature, 0.0, strict=True)
+        if not (math.isfinite(self.history_mask_ratio) and 0.0 <= self.history_mask_ratio < 1.0):
             raise LumosError(f"history_mask_ratio must be in [0, 1), got {self.history_mask_ratio}")
-        if self.temperature < 0 or self.sample_temperature <= 0:
-            raise LumosError("temperature must be >= 0 and sample_temperature > 0")
         if self.top_k is not None and self.top_k < 1:
             raise LumosError(f"top_k must be >= 1, got {self.top_k}")
+        if self.schedule not in SCHEDULES:
+            raise LumosError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.chunk_size < 1:
+            raise LumosError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+    def scheduler(self) -> MaskGITScheduler:
+        return MaskGITScheduler(
+            self.schedule,
+            self.temperature,
+            self.official_temperature,
+            self.sample_temperature,
+            self.top_k,
+            self.chunk_size,
+        )
 
 
 @dataclass
@@ -59,42 +91,163 @@ class GenerationOutput:
     sequences: list[torch.Tensor]  # the conditional token sequence of each sample (no padding)
 
 
-def history_mask_indices(h: int, w: int, ratio: float) -> torch.Tensor:
-    """Evenly spaced content positions (of ``h*(w+1)``, NEWLINE column included) that are
-    masked when a finished frame is written into the cache: ``idx_k = round(k*L/n)``,
-    ``n = round(ratio*L)``."""
-    L = h * (w + 1)
-    n = round(ratio * L)
-    if n == 0:
-        return torch.zeros(0, dtype=torch.long)
-    return torch.round(torch.arange(n, dtype=torch.float64) * L / n).long()
+@dataclass
+class FramePlan:
+    """Everything about one call's token layout that does not change while generating.
+
+    Rows of the batch are the conditional rows of the prompts sorted by prompt length (so rows
+    with equal left padding are adjacent), then the unconditional rows. ``order[i]`` is the
+    caller's index of sorted prompt ``i``."""
+
+    order: list[int]
+    layout: torch.Tensor  # [rows, total] ids: padding, prefixes, frames (MASK placeholders), VEND
+    valid: torch.Tensor  # [rows, total] bool: non-padding
+    positions: torch.Tensor  # [rows, 3, total] MM-RoPE positions
+    prefix_len: int  # P: padded prefix length = slot of the first frame
+    tokens_per_frame: int  # Tf
+    visual_slots: torch.Tensor  # [h*w] in-frame offsets of the grid tokens, row-major
+    prefill: RowGroupAttention
+    attend: RowGroupAttention
+
+    def frame_start(self, f: int) -> int:
+        return self.prefix_len + f * self.tokens_per_frame
 
 
-def unmask_schedule(num_tokens: int, num_steps: int) -> list[int]:
-    """Tokens left masked after each step: ``floor(N cos(pi/2 (s+1)/S))``, clamped so every
-    step reveals at least one token and keeps at least one masked; the last step keeps none."""
-    left, remaining = [], num_tokens
-    for s in range(num_steps):
-        if s == num_steps - 1:
-            n = 0
-        else:
-            n = math.floor(num_tokens * math.cos(math.pi / 2 * (s + 1) / num_steps))
-            n = max(1, min(n, remaining - 1))
-        left.append(n)
-        remaining = n
-    return left
+def plan_layout(
+    model: LumosModel,
+    text_ids: Sequence[Sequence[int]],
+    num_frames: int,
+    height: int,
+    width: int,
+    duration: int,
+    fps: int,
+    branches: int,
+    given_frames: torch.Tensor | None,
+) -> FramePlan:
+    """Lay out every row (left-padded prefix, ``num_frames`` frames, VEND) on the model's device."""
+    vocab, spatial = model.vocab, model.config.rope_scale_hw
+    B = len(text_ids)
+    order = sorted(range(B), key=lambda b: len(text_ids[b]))
+    t0 = 0 if given_frames is None else given_frames.shape[1]
+    rows, prefix_lens = [], []
+    for branch in range(branches):
+        for b in order:
+            ids = prefix_tokens(vocab, list(text_ids[b]) if branch == 0 else None, duration, fps)
+            prefix_lens.append(len(ids))
+            for f in range(num_frames):
+                codes = given_frames[b, f] if f < t0 else None
+                ids += frame_tokens(vocab, codes, height, width, spatial)
+            rows.append(ids + [vocab.video_end])
+    P = max(prefix_lens)
+    Tf = tokens_per_frame(height, width)
+    total = P + num_frames * Tf + 1
+    layout = torch.full((len(rows), total), vocab.pad, dtype=torch.long)
+    valid = torch.zeros_like(layout, dtype=torch.bool)
+    for i, ids in enumerate(rows):
+        layout[i, total - len(ids) :] = torch.tensor(ids)
+        valid[i, total - len(ids) :] = True
+    device = model.lm_head.weight.device
+    layout, valid = layout.to(device), valid.to(device)
+    positions, _ = model.positions(layout, valid)
+
+    groups, start = [], 0
+    for i in range(1, len(rows) + 1):  # runs of equal prefix length are the row groups
+        if i == len(rows) or prefix_lens[i] != prefix_lens[start]:
+            groups.append(RowGroup(start, i, P - prefix_lens[start]))
+            start = i
+    content = torch.arange(height * (width + 1), device=device).view(height, width + 1)
+    return FramePlan(
+        order=order,
+        layout=layout,
+        valid=valid,
+        positions=positions,
+        prefix_len=P,
+        tokens_per_frame=Tf,
+        visual_slots=FRAME_HEADER_LEN + content[:, :width].flatten(),
+        prefill=RowGroupAttention(tuple(groups), causal=True),
+        attend=RowGroupAttention(tuple(groups)),
+    )
 
 
-def _as_generators(generator, batch: int) -> list[torch.Generator | None]:
+def frame_ids(template: torch.Tensor, plan: FramePlan, state: FrameState, mask_id: int, offset):
+    """Token ids [B, Tf] of a frame being revealed: the ``template`` [Tf] (header, MASK grid,
+    NEWLINE column, FEND) with the known codes written in."""
+    ids = template.expand(state.codes.shape[0], -1).clone()
+    grid = torch.where(state.unknown, mask_id, state.codes + offset)
+    ids[:, plan.visual_slots] = grid
+    return ids
+
+
+def denoise_step(
+    model: LumosModel,
+    cache: KVCache,
+    plan: FramePlan,
+    scheduler: MaskGITScheduler,
+    s0: int,
+    template: torch.Tensor,
+    state: FrameState,
+    noise: torch.Tensor,
+    keep_masked: torch.Tensor,
+    tau: torch.Tensor,
+    guidance_scale: float,
+    num_scored: int | None = None,
+) -> FrameState:
+    """One MaskGIT step of the frame at cache slot ``s0``: forward both branches over the cache,
+    guide, then ``scheduler.step``. ``num_scored=None`` scores every grid position (fixed shapes,
+    what gets compiled); an int scores only that many unknown positions (the eager form: less
+    head work, same result)."""
+    vocab = model.vocab
+    B = state.codes.shape[0]
+    ids = frame_ids(template, plan, state, vocab.mask, vocab.visual_range[0])
+    branches = plan.layout.shape[0] // B
+    Tf = plan.tokens_per_frame
+    hidden = model.hidden(
+        ids.repeat(branches, 1), plan.positions[:, :, s0 : s0 + Tf], plan.attend, cache, s0
+    )[0]
+    hidden = hidden[:, plan.visual_slots]  # [rows, N, d]
+    if branches == 2:  # guidance on hidden states = guidance on logits (the head is linear)
+        hidden = guidance_scale * hidden[:B] + (1.0 - guidance_scale) * hidden[B:]
+    slots = None
+    if num_scored is not None:  # the unknown positions, ascending, as fixed-size ops
+        slots = (~state.unknown).to(torch.uint8).argsort(dim=1, stable=True)[:, :num_scored]
+        hidden = hidden.gather(1, slots[..., None].expand(-1, -1, hidden.shape[-1]))
+    return scheduler.step(hidden, model.visual_logits, noise, state, keep_masked, tau, slots)
+
+
+_compiled_step: Callable | None = None
+
+
+def compiled_denoise_step() -> Callable:
+    """``denoise_step`` compiled once per process (dynamo keeps its graphs per code object)."""
+    global _compiled_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(denoise_step, fullgraph=True)
+    return _compiled_step
+
+
+def device_generators(generator: GeneratorArg, batch: int, device: torch.device) -> list:
+    """One generator per prompt on ``device``. A generator already there is used as is; one on
+    another device (e.g. a user's CPU generator for a CUDA model) seeds a new generator on the
+    device with a number drawn from it, so the same seed always gives the same video."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise LumosError(f"got {len(generator)} generators for {batch} prompts; give one each")
-        return list(generator)
-    return [generator] * batch
+        gens = list(generator)
+    else:
+        gens = [generator] * batch
+    if generator is None:
+        return gens
+    moved: dict[int, torch.Generator] = {}
+    out = []
+    for g in gens:
+        if g.device != torch.device(device) and id(g) not in moved:
+            seed = int(torch.randint(0, 2**62, (1,), generator=g))
+            moved[id(g)] = torch.Generator(device).manual_seed(seed)
+        out.append(moved.get(id(g), g))
+    return out
 
 
-@torch.no_grad()
-def generate(
+def generate_frames(
     model: LumosModel,
     text_ids: Sequence[Sequence[int]],
     num_frames: int,
@@ -104,20 +257,16 @@ def generate(
     fps: int = 12,
     given_frames: torch.Tensor | None = None,
     config: GenerationConfig | None = None,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    generator: GeneratorArg = None,
     callback: StepCallback | None = None,
-) -> GenerationOutput:
-    """Generate ``num_frames`` latent frames of ``height`` x ``width`` tokens for each prompt.
-
-    ``text_ids``: one token list per prompt (the wrapped prompt, without BOS/SEP).
-    ``given_frames``: optional codes [B, t0, h, w] of leading frames (image-to-video).
-    ``generator``: one generator for the batch, or one per prompt (then a batch equals the
-    single runs). Returns all frames, given ones included.
-    """
+    compile: bool = False,
+) -> Iterator[tuple[int, torch.Tensor, FramePlan]]:
+    """Yield ``(f, codes [B, h, w], plan)`` for each generated latent frame ``f`` as soon as it
+    is finished (on the model's device, in the caller's prompt order). Inputs are checked
+    before this returns. See :func:`generate` for the arguments."""
     cfg = config or GenerationConfig()
     cfg.validate()
-    vocab = model.vocab
-    if vocab.codebook_size == 0:
+    if model.vocab.codebook_size == 0:
         raise LumosError("this model has no visual vocabulary; it cannot generate frames")
     B = len(text_ids)
     if B == 0:
@@ -130,163 +279,133 @@ def generate(
         )
     if not t0 < num_frames:
         raise LumosError(f"num_frames ({num_frames}) must exceed the given frames ({t0})")
-    gens = _as_generators(generator, B)
-    spatial = model.config.rope_scale_hw
-    use_cfg = cfg.guidance_scale != 1.0
-    branches = 2 if use_cfg else 1
-    Tf = tokens_per_frame(height, width)
+    gens = device_generators(generator, B, model.lm_head.weight.device)
+    return _frames(
+        model, text_ids, num_frames, height, width, duration, fps, given_frames, cfg, gens,
+        callback, compile,
+    )  # fmt: skip
 
-    # Plan every row's full token layout: [pad] prefix, frames (MASK placeholders), VEND.
-    rows, prefix_lens = [], []
-    for branch in range(branches):
-        for b in range(B):
-            ids = prefix_tokens(vocab, list(text_ids[b]) if branch == 0 else None, duration, fps)
-            prefix_lens.append(len(ids))
-            for f in range(num_frames):
-                codes = given_frames[b, f] if f < t0 else None
-                ids += frame_tokens(vocab, codes, height, width, spatial)
-            rows.append(ids + [vocab.video_end])
-    P = max(prefix_lens)
-    total = P + num_frames * Tf + 1
+
+@torch.no_grad()
+def _frames(
+    model: LumosModel,
+    text_ids: Sequence[Sequence[int]],
+    num_frames: int,
+    height: int,
+    width: int,
+    duration: int,
+    fps: int,
+    given_frames: torch.Tensor | None,
+    cfg: GenerationConfig,
+    gens: list,
+    callback: StepCallback | None,
+    compile: bool,
+) -> Iterator[tuple[int, torch.Tensor, FramePlan]]:
+    vocab = model.vocab
     device = model.lm_head.weight.device
-    layout = torch.full((branches * B, total), vocab.pad, dtype=torch.long)
-    valid = torch.zeros_like(layout, dtype=torch.bool)
-    for i, ids in enumerate(rows):
-        layout[i, total - len(ids) :] = torch.tensor(ids)
-        valid[i, total - len(ids) :] = True
-    layout, valid = layout.to(device), valid.to(device)
-    positions, structure = model.positions(layout, valid)
+    B = len(text_ids)
+    t0 = 0 if given_frames is None else given_frames.shape[1]
+    branches = 2 if cfg.guidance_scale != 1.0 else 1
 
-    frame_start = [P + f * Tf for f in range(num_frames)]
-    content = torch.arange(height * (width + 1)).view(height, width + 1)
-    visual_slots = (FRAME_HEADER_LEN + content[:, :width].flatten()).to(device)  # in-frame offsets
-    hist = history_mask_indices(height, width, cfg.history_mask_ratio).to(device)
+    # 1. Plan the layout of every row and prefill the prompts into the cache.
+    plan = plan_layout(
+        model, text_ids, num_frames, height, width, duration, fps, branches, given_frames
+    )
+    order, Tf, P = plan.order, plan.tokens_per_frame, plan.prefix_len
+    order_t = torch.tensor(order, device=device)
+    inverse = order_t.argsort()
+    # The cache has a slot for VEND too, which is never written: then no frame's key slice
+    # [0, end) covers the whole buffer, so one compiled graph serves every frame after the first.
+    cache = model.new_cache(plan.layout.shape[0], plan.layout.shape[1])
+    model.hidden(plan.layout[:, :P], plan.positions[:, :, :P], plan.prefill, cache, 0)
+    hist = FRAME_HEADER_LEN + history_mask_indices(height, width, cfg.history_mask_ratio)
+    hist = hist.to(device)
 
-    cache = history = None
-    if not cfg.use_cache:
-        history = layout.clone()  # the reference path re-reads history-masked frames
-    else:
-        cache = model.new_cache(branches * B, total - 1)
-        cache.valid.copy_(valid[:, : total - 1])
-        prefix_mask = model.attention_mask(_slice(structure, 0, P), valid[:, :P])
-        model.hidden(layout[:, :P], positions[:, :, :P], prefix_mask, cache, 0)
+    def commit(f: int, ids: torch.Tensor) -> None:
+        """Write frame ``f`` (ids [B, Tf], sorted order) into the cache, history-masked."""
+        s0 = plan.frame_start(f)
+        masked = ids.repeat(branches, 1)
+        masked[:, hist] = vocab.mask
+        model.hidden(masked, plan.positions[:, :, s0 : s0 + Tf], plan.attend, cache, s0)
 
-    def frame_hidden(f: int, frame_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states [rows, Tf, d] of frame ``f`` holding ``frame_ids``, over the cache."""
-        s0 = frame_start[f]
-        if cache is not None:
-            pos = positions[:, :, s0 : s0 + Tf]
-            mask = cache.key_padding_mask(s0 + Tf)
-            return model.hidden(frame_ids, pos, mask, cache, s0)[0]
-        seq = history[:, : s0 + Tf].clone()
-        seq[:, s0:] = frame_ids
-        mask = model.attention_mask(_slice(structure, 0, s0 + Tf), valid[:, : s0 + Tf])
-        return model.hidden(seq, positions[:, :, : s0 + Tf], mask)[0][:, s0:]
-
-    def commit(f: int, frame_ids: torch.Tensor) -> None:
-        """Write a finished frame into the history with the history mask applied."""
-        masked = frame_ids.clone()
-        masked[:, FRAME_HEADER_LEN + hist] = vocab.mask
-        if cache is not None:
-            frame_hidden(f, masked)
-        else:
-            history[:, frame_start[f] : frame_start[f] + Tf] = masked
-
+    # 2. Given frames (image-to-video) go into the cache as they are.
     for f in range(t0):
-        commit(f, layout[:, frame_start[f] : frame_start[f] + Tf])
+        commit(f, plan.layout[:B, plan.frame_start(f) : plan.frame_start(f) + Tf])
 
-    tau = cfg.temperature
-    out_codes = torch.zeros(B, num_frames, height, width, dtype=torch.long, device=device)
-    if t0:
-        out_codes[:, :t0] = given_frames.to(device)
-    schedule = unmask_schedule(height * width, cfg.num_steps)
+    # 3. Each new frame: reveal its tokens over the scheduler's steps, then commit it.
+    N = height * width
+    scheduler = cfg.scheduler()
+    scheduler.set_timesteps(cfg.num_steps, N)
+    step_fn = compiled_denoise_step() if compile else denoise_step
+    fixed = compile or cfg.fixed_shapes
     for f in range(t0, num_frames):
-        s0 = frame_start[f]
-        frame_ids = layout[:B, s0 : s0 + Tf].clone()  # one copy per sample, shared by branches
-        unknown = torch.ones(B, height * width, dtype=torch.bool, device=device)
-        if not cfg.official_temperature:
-            tau = cfg.temperature
-        for step, keep_masked in enumerate(schedule):
-            if cfg.official_temperature:
-                tau = tau * (1 - (step + 1) / cfg.num_steps)
-            else:
-                tau = cfg.temperature * (1 - (step + 1) / cfg.num_steps)
-            hidden = frame_hidden(f, frame_ids.repeat(branches, 1))
-            n_unknown = int(unknown[0].sum())
-            slots = unknown.nonzero()[:, 1].view(B, n_unknown)  # sorted grid indices per sample
-            h_at = hidden.gather(
-                1,
-                visual_slots[slots].repeat(branches, 1)[..., None].expand(-1, -1, hidden.shape[-1]),
+        s0 = plan.frame_start(f)
+        template = plan.layout[0, s0 : s0 + Tf]
+        state = FrameState(
+            torch.zeros(B, N, dtype=torch.long, device=device),
+            torch.ones(B, N, dtype=torch.bool, device=device),
+        )
+        keep, tau = scheduler.frame_plan(f - t0, device)
+        for step in range(cfg.num_steps):
+            # One call per prompt's generator, in the caller's order: a batch equals its singles.
+            noise = torch.stack([torch.rand(2, N, generator=g, device=device) for g in gens])
+            state = step_fn(
+                model,
+                cache,
+                plan,
+                scheduler,
+                s0,
+                template,
+                state,
+                noise[order_t],
+                keep[step],
+                tau[step],
+                cfg.guidance_scale,
+                None if fixed else scheduler.unknown_before[step],
             )
-            sampled, confidence = _sample(model, h_at, B, cfg, gens, tau)
-            if keep_masked > 0:
-                # Keep the least confident masked; reveal the rest.
-                order = confidence.argsort(dim=1)
-                stay = torch.zeros_like(confidence, dtype=torch.bool)
-                stay.scatter_(1, order[:, :keep_masked], True)
-            else:
-                stay = torch.zeros_like(confidence, dtype=torch.bool)
-            reveal = ~stay
-            grid_ids = frame_ids[:, visual_slots]  # [B, h*w]
-            new_vals = torch.where(reveal, vocab.codes_to_ids(sampled), grid_ids.gather(1, slots))
-            grid_ids.scatter_(1, slots, new_vals)
-            frame_ids[:, visual_slots] = grid_ids
-            unknown.scatter_(1, slots, stay)
             if callback is not None:
                 callback(f, step, num_frames, cfg.num_steps)
-        out_codes[:, f] = vocab.ids_to_codes(frame_ids[:, visual_slots]).view(B, height, width)
-        layout[:, s0 : s0 + Tf] = frame_ids.repeat(branches, 1)
-        commit(f, layout[:, s0 : s0 + Tf])
-
-    sequences = [layout[b, valid[b]].cpu() for b in range(B)]
-    return GenerationOutput(out_codes.cpu(), sequences)
+        ids = frame_ids(template, plan, state, vocab.mask, vocab.visual_range[0])
+        plan.layout[:, s0 : s0 + Tf] = ids.repeat(branches, 1)
+        commit(f, ids)
+        yield f, state.codes.view(B, height, width)[inverse], plan
 
 
-def _slice(s, start: int, end: int):
-    """A TokenStructure restricted to columns [start, end)."""
-    return type(s)(*(t[:, start:end] for t in (s.index, s.frame, s.content, s.row, s.col)), s.p0)
-
-
-def _sample(
+def generate(
     model: LumosModel,
-    h_at: torch.Tensor,
-    B: int,
-    cfg: GenerationConfig,
-    gens: list[torch.Generator | None],
-    tau: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample tokens at the gathered hidden states ``h_at`` [branches*B, n, d].
+    text_ids: Sequence[Sequence[int]],
+    num_frames: int,
+    height: int,
+    width: int,
+    duration: int = 2,
+    fps: int = 12,
+    given_frames: torch.Tensor | None = None,
+    config: GenerationConfig | None = None,
+    generator: GeneratorArg = None,
+    callback: StepCallback | None = None,
+    compile: bool = False,
+) -> GenerationOutput:
+    """Generate ``num_frames`` latent frames of ``height`` x ``width`` tokens for each prompt.
 
-    Returns visual codes [B, n] and confidences [B, n] (log p + tau * Gumbel).
-    Guidance is applied to the hidden states before the (linear) head, which equals
-    ``g * (cond - uncond) + uncond`` on the logits at half the cost. Logits are formed chunk by
-    chunk over positions, over the visual vocabulary only.
+    ``text_ids``: one token list per prompt (the wrapped prompt, without BOS/SEP).
+    ``given_frames``: optional codes [B, t0, h, w] of leading frames (image-to-video).
+    ``generator``: one generator for the batch, or one per prompt (then a batch equals the
+    single runs); a generator on another device than the model's is accepted.
+    ``compile``: run the compiled fixed-shape step. Returns all frames, given ones included,
+    on the CPU.
     """
-    if h_at.shape[0] == 2 * B:
-        g = cfg.guidance_scale
-        h_at = g * h_at[:B] + (1.0 - g) * h_at[B:]
-    n = h_at.shape[1]
-    sampled = torch.empty(B, n, dtype=torch.long, device=h_at.device)
-    logp = torch.empty(B, n, dtype=torch.float32, device=h_at.device)
-    for c0 in range(0, n, cfg.chunk_size):
-        c1 = min(c0 + cfg.chunk_size, n)
-        logits = model.visual_logits(h_at[:, c0:c1]).float()
-        if cfg.sample_temperature != 1.0:
-            logits = logits / cfg.sample_temperature
-        if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
-            kth = logits.topk(cfg.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        # Unnormalised softmax and inverse-CDF sampling: one uniform per position.
-        weights = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
-        cdf = weights.cumsum(-1)
-        for b in range(B):
-            u = torch.rand(c1 - c0, 1, generator=gens[b], device=cdf.device) * cdf[b, :, -1:]
-            pick = torch.searchsorted(cdf[b], u).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-            sampled[b, c0:c1] = pick
-            p_pick = weights[b].gather(-1, pick[:, None]).squeeze(-1) / cdf[b, :, -1]
-            logp[b, c0:c1] = p_pick.clamp_min(1e-30).log()
-    if tau > 0:
-        noise = torch.stack([torch.rand(n, generator=g, device=h_at.device) for g in gens])
-        gumbel = -torch.log(-torch.log(noise.clamp_(1e-20, 1.0)).clamp_(max=-1e-20))
-        return sampled, logp + tau * gumbel
-    return sampled, logp
+    frames = generate_frames(
+        model, text_ids, num_frames, height, width, duration, fps, given_frames, config,
+        generator, callback, compile,
+    )  # fmt: skip
+    B = len(text_ids)
+    codes = torch.zeros(B, num_frames, height, width, dtype=torch.long)
+    if given_frames is not None:
+        codes[:, : given_frames.shape[1]] = given_frames.cpu()
+    for f, frame, plan in frames:
+        codes[:, f] = frame.cpu()  # the host copy of a finished frame: one sync per frame
+        final = plan
+    inverse = torch.tensor(final.order).argsort()
+    rows, valid = final.layout[:B].cpu()[inverse], final.valid[:B].cpu()[inverse]
+    sequences = [rows[b, valid[b]] for b in range(B)]
+    return GenerationOutput(codes, sequences)
