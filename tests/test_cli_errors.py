@@ -618,4 +618,21 @@ def test_stale_temporaries_helper(tmp_path):
     mine = temporary_name(tmp_path / "b.json")
     mine.write_text("mine")
     assert remove_stale_temporaries(tmp_path) == []  # this process is alive
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale_dir = tmp_path / f".model.{dead.pid}-0123abcd.tmp"  # a killed save_checkpoint
+    (stale_dir / "sub").mkdir(parents=True)
+    stale_file = tmp_path / f".report.{dead.pid}-89abcdef.tmp.json"
+    stale_file.write_text("{")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([stale_dir, stale_file])
+    assert list(tmp_path.iterdir()) == [mine]
     shutil.rmtree(tmp_path)
+
+
+def test_frame_pattern_prints_the_real_file_names(tmp_path, capsys):
+    out = tmp_path / "frame_%04d.png"
+    assert main(["generate", "a red circle", "--frames", "5", "--steps", "1", "--random-init",
+                 "--out", str(out)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"frame_{i:04d}.png" for i in range(1, 6)]
+    assert capsys.readouterr().out.strip() == str(tmp_path / "frame_0001.png")
