@@ -1,10 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from lumos import LumosError
 from lumos.cli.main import main
-from lumos.generation.pipeline import LumosPipeline, save_frames
+from lumos.generation.pipeline import LumosPipeline, PipelineDefaults, save_frames
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +155,22 @@ def test_shipped_default_model_loads_and_generates():
         generator=torch.Generator().manual_seed(0),
     )
     assert out.frames.shape == (1, 9, 64, 64, 3) and out.fps == 4
+
+
+def test_defaults_fill_only_unset_settings():
+    d = PipelineDefaults(num_frames=9, height=64, width=96, guidance_scale=3.0)
+    assert d.resolve() == dict(
+        num_frames=9,
+        height=64,
+        width=96,
+        num_inference_steps=d.num_inference_steps,
+        guidance_scale=3.0,
+        history_mask_ratio=d.history_mask_ratio,
+    )
+    given = d.resolve(num_frames=5, height=32, guidance_scale=0.0, history_mask_ratio=0.0)
+    assert (given["num_frames"], given["height"], given["width"]) == (5, 32, 96)
+    assert given["guidance_scale"] == 0.0 and given["history_mask_ratio"] == 0.0  # 0 is a value
+    t2i = dataclasses.replace(d, image_guidance_scale=5.0)
+    assert t2i.resolve(num_frames=1)["guidance_scale"] == 5.0
+    assert t2i.resolve(num_frames=9)["guidance_scale"] == 3.0
+    assert t2i.resolve(num_frames=1, guidance_scale=2.0)["guidance_scale"] == 2.0

@@ -67,11 +67,10 @@ def run(args: argparse.Namespace) -> int:
         else LumosPipeline.from_pretrained(args.checkpoint)
     )
     d = pipe.defaults
-    frames = d.num_frames if args.frames is None else args.frames
-    height = d.height if args.height is None else args.height
-    width = d.width if args.width is None else args.width
+    size = d.resolve(num_frames=args.frames, height=args.height, width=args.width)
+    frames, height, width = size["num_frames"], size["height"], size["width"]
     pipe.latent_shape(frames, height, width)
-    sampling = sampling_kwargs(args, d)
+    sampling = sampling_kwargs(args, d, frames)
     cases = build_cases(args.n, height, width, frames, args.seed, args.max_objects, groups)
     bar = tqdm(total=len(cases), desc="evaluating", unit="prompt", disable=not sys.stderr.isatty())
     start = time.perf_counter()

@@ -110,17 +110,19 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def sampling_kwargs(args: argparse.Namespace, defaults: PipelineDefaults) -> dict:
+def sampling_kwargs(args: argparse.Namespace, defaults: PipelineDefaults, num_frames: int) -> dict:
     """The ``LumosPipeline.__call__`` keyword arguments set by :func:`add_sampling_args`, with
-    the unset ones taken from the model's ``defaults``."""
-
-    def pick(value, default):
-        return default if value is None else value
-
+    the unset ones resolved by the model's ``defaults`` (for ``num_frames`` RGB frames)."""
+    settings = defaults.resolve(
+        num_frames=num_frames,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        history_mask_ratio=args.history_mask_ratio,
+    )
     return {
-        "num_inference_steps": pick(args.steps, defaults.num_inference_steps),
-        "guidance_scale": pick(args.guidance, defaults.guidance_scale),
-        "history_mask_ratio": pick(args.history_mask_ratio, defaults.history_mask_ratio),
+        "num_inference_steps": settings["num_inference_steps"],
+        "guidance_scale": settings["guidance_scale"],
+        "history_mask_ratio": settings["history_mask_ratio"],
         "temperature": args.temperature,
         "sample_temperature": args.sample_temperature,
         "top_k": args.top_k,
@@ -246,14 +248,13 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else d.num_threads
     if threads:
         torch.set_num_threads(threads)
-    frames = 1 if args.t2i else (args.frames if args.frames is not None else d.num_frames)
-    height = d.height if args.height is None else args.height
-    width = d.width if args.width is None else args.width
+    size = d.resolve(num_frames=1 if args.t2i else args.frames, height=args.height, width=args.width)
+    frames, height, width = size["num_frames"], size["height"], size["width"]
     pipe.latent_shape(frames, height, width)  # validate before any work
     if warning := domain_warning(prompts, d.prompt_domain):
         print(warning, file=sys.stderr)
     image = load_image(args.image, width, height) if args.image else None
-    sampling = sampling_kwargs(args, d)
+    sampling = sampling_kwargs(args, d, frames)
     steps = sampling["num_inference_steps"]
     latent_frames = pipe.latent_shape(frames, height, width)[0] - (1 if image is not None else 0)
     bar = tqdm(

@@ -83,6 +83,32 @@ class PipelineDefaults:
             raise LumosError(f"{path}: {err}") from None
         return defaults
 
+    def resolve(
+        self,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        history_mask_ratio: float | None = None,
+    ) -> dict[str, int | float]:
+        """The generation settings, each one given as None taken from these defaults (the one
+        place that fills them; 0 is a value, not "default"). Text-to-image (``num_frames`` 1)
+        uses ``image_guidance_scale`` when it is set."""
+        given = dict(
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            history_mask_ratio=history_mask_ratio,
+        )
+        settings = {k: getattr(self, k) if v is None else v for k, v in given.items()}
+        t2i = settings["num_frames"] == 1 and self.image_guidance_scale is not None
+        if guidance_scale is None and t2i:
+            settings["guidance_scale"] = self.image_guidance_scale
+        return settings
+
     def check(self) -> None:
         """Types and ranges of every field."""
         for name in ("fps", "height", "width", "num_frames", "num_inference_steps"):
@@ -218,9 +244,10 @@ class LumosPipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise LumosError("the prompt is empty; give a sentence describing the video")
-        num_frames = d.num_frames if num_frames is None else num_frames
-        height = d.height if height is None else height
-        width = d.width if width is None else width
+        settings = d.resolve(
+            num_frames, height, width, num_inference_steps, guidance_scale, history_mask_ratio
+        )
+        num_frames, height, width = (settings[k] for k in ("num_frames", "height", "width"))
         t, h, w = self.latent_shape(num_frames, height, width)
         fps, duration = header_timing(num_frames, d.fps)
         text_ids = [
@@ -238,17 +265,9 @@ class LumosPipeline:
             if t < 2:
                 raise LumosError("image-to-video needs num_frames > 1 (e.g. 9)")
         config = GenerationConfig(
-            num_steps=d.num_inference_steps if num_inference_steps is None else num_inference_steps,
-            guidance_scale=(
-                guidance_scale
-                if guidance_scale is not None
-                else d.image_guidance_scale
-                if num_frames == 1 and d.image_guidance_scale is not None
-                else d.guidance_scale
-            ),
-            history_mask_ratio=(
-                d.history_mask_ratio if history_mask_ratio is None else history_mask_ratio
-            ),
+            num_steps=settings["num_inference_steps"],
+            guidance_scale=settings["guidance_scale"],
+            history_mask_ratio=settings["history_mask_ratio"],
             temperature=temperature,
             sample_temperature=sample_temperature,
             top_k=top_k,
