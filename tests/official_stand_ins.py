@@ -28,7 +28,7 @@ def chameleon_tokenizer_json() -> dict:
     vocab |= {f"IMGIMG{i}Z": i for i in range(4, 8196)}
     vocab |= {"<eoss>": 8196, "<racm3:break>": 8197}
     vocab |= {f"<reserved{i - 4:05d}>": i for i in range(8198, 9300)}
-    for ch in pre_tokenizers.ByteLevel.alphabet():
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = len(vocab)
     vocab |= {f"filler{i}": i for i in range(len(vocab), TEXT_IDS)}
     assert len(vocab) == TEXT_IDS and max(vocab.values()) == TEXT_IDS - 1
