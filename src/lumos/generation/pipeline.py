@@ -167,6 +167,8 @@ class LumosPipeline:
         root = Path(path) if path is not None else DEFAULT_PIPELINE_DIR
         if not root.exists():
             raise LumosError(f"checkpoint path {root} does not exist")
+        if not root.is_dir():
+            raise LumosError(f"checkpoint path {root} is a file; give a pipeline or model directory")
         model_dir = root / "transformer" if (root / "transformer").is_dir() else root
         if path is None and not (model_dir / "config.json").is_file():
             raise LumosError(
