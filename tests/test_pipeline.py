@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from lumos import LumosError
+from lumos import LumosConfig, LumosError, Vocabulary
 from lumos.cli.main import main
 from lumos.generation.pipeline import LumosPipeline, PipelineDefaults, save_frames
+from lumos.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +175,18 @@ def test_defaults_fill_only_unset_settings():
     assert t2i.resolve(num_frames=1)["guidance_scale"] == 5.0
     assert t2i.resolve(num_frames=9)["guidance_scale"] == 3.0
     assert t2i.resolve(num_frames=1, guidance_scale=2.0)["guidance_scale"] == 2.0
+
+
+def test_every_config_rejects_unknown_keys_and_lists_the_known_ones(tmp_path):
+    file = tmp_path / "pipeline.json"
+    file.write_text('{"fps": 4, "guidance": 3.0}')
+    with pytest.raises(LumosError, match=r"unknown keys \['guidance'\]; known: .*guidance_scale"):
+        PipelineDefaults.load(file)
+    config = LumosConfig.tiny().to_dict()
+    with pytest.raises(LumosError, match=r"unknown keys \['hiden_size'\]; known: .*hidden_size"):
+        LumosConfig.from_dict({**config, "hiden_size": 8})
+    vocab = {**Vocabulary.official().to_dict(), "codebook": 8}
+    with pytest.raises(LumosError, match=r"unknown keys \['codebook'\]; known: .*codebook_size"):
+        Vocabulary.from_dict(vocab)
+    with pytest.raises(LumosError, match=r"unknown keys \['lr'\]; known: .*optim"):
+        TrainConfig.from_dict({"lr": 1e-3})

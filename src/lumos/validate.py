@@ -12,7 +12,7 @@ import argparse
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,15 @@ def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     if value not in allowed:
         raise LumosError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
     return value
+
+
+def known_keys(name: str, data: Mapping[str, Any], known: Iterable[str]) -> None:
+    """Reject keys of a config mapping that are not in ``known``, listing the known ones (the
+    policy of every lumos config file: a misspelt key is an error, never silently ignored)."""
+    known = sorted(known)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise LumosError(f"{name} has unknown keys {unknown}; known: {known}")
 
 
 def boolean(name: str, value: Any) -> bool:

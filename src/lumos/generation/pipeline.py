@@ -66,7 +66,7 @@ class PipelineDefaults:
     @classmethod
     def load(cls, path: Path) -> PipelineDefaults:
         """The defaults of ``path`` (all defaults if it does not exist); a malformed file or
-        value is a one-line error. Unknown keys are ignored."""
+        value or an unknown key is a one-line error."""
         if not path.is_file():
             return cls()
         try:
@@ -75,8 +75,8 @@ class PipelineDefaults:
             raise LumosError(f"{path} is not valid JSON ({err})") from None
         if not isinstance(data, dict):
             raise LumosError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        defaults = cls(**{k: v for k, v in data.items() if k in names})
+        validate.known_keys(str(path), data, [f.name for f in dataclasses.fields(cls)])
+        defaults = cls(**data)
         try:
             defaults.check()
         except LumosError as err:

@@ -99,14 +99,14 @@ class LumosConfig:
         if "lumos_format" not in data:
             return cls.from_official(data)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names - {"lumos_format"}
-        if unknown:
-            raise LumosError(f"config.json has unknown fields {sorted(unknown)}")
+        validate.known_keys("config.json", data, names | {"lumos_format"})
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
     def from_official(cls, data: dict) -> LumosConfig:
-        """Map an official Lumos-1 (Chameleon) config.json; unsupported options are errors."""
+        """Map an official Lumos-1 (Chameleon) config.json; unsupported options are errors.
+        The one exception to the unknown-key policy: a Hugging Face config carries many keys
+        that do not concern the model (``architectures``, ``transformers_version``, ...)."""
         required = [
             "vocab_size",
             "hidden_size",

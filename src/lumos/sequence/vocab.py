@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lumos import validate
 from lumos.errors import LumosError
 
 # Role name -> token string in our own text tokenizers (lumos.tokenizers.text.SPECIAL_TOKENS).
@@ -99,6 +100,7 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, data: dict) -> Vocabulary:
         fields = {f.name for f in dataclasses.fields(cls)}
+        validate.known_keys("the vocabulary description", data, fields)
         missing = fields - data.keys()
         if missing:
             raise LumosError(f"vocabulary description lacks {sorted(missing)}")

@@ -212,11 +212,7 @@ def _build(cls, data: Any, prefix: str):
     if not isinstance(data, dict):
         raise LumosError(f"config section {prefix or 'root'} must be a mapping, got {data!r}")
     kinds = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(kinds))
-    if unknown:
-        raise LumosError(
-            f"unknown config keys {[prefix + k for k in unknown]}; known: {sorted(kinds)}"
-        )
+    validate.known_keys(f"config section {prefix.rstrip('.') or 'root'}", data, kinds)
     kwargs = {}
     for key, value in data.items():
         sub = SECTIONS.get(key) if cls is TrainConfig else None

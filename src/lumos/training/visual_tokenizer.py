@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lumos import validate
 from lumos.data.world import ProceduralWorld
 from lumos.errors import LumosError
 from lumos.tokenizers.causal_video import (
@@ -155,13 +156,10 @@ def _load_checkpoint(out: Path) -> tuple[CausalVideoTokenizer, dict]:
         state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError) as err:
         raise LumosError(f"cannot read {ckpt / TRAINER_STATE}: {err}") from err
-    unknown = set(state.get("settings", {})) - {f.name for f in dataclasses.fields(TrainSettings)}
-    if unknown:
-        raise LumosError(
-            f"{ckpt / TRAINER_STATE} was written with training settings this version of lumos "
-            f"does not have ({', '.join(sorted(unknown))}); resume it with the version that "
-            "wrote it or start a new run"
-        )
+    known = [f.name for f in dataclasses.fields(TrainSettings)]
+    validate.known_keys(
+        f"the training settings of {ckpt / TRAINER_STATE}", state.get("settings", {}), known
+    )
     return model, state
 
 
