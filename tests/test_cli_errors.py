@@ -79,7 +79,7 @@ BAD: list[tuple[list[str], str]] = [
     (["generate", "x", "--checkpoint", "{t}/caps.txt"], "is a file"),
     # ---- generate: refused after loading the model, before generating
     (["generate", "x", "--frames", "6"], "1 + 4k"),
-    (["generate", "x", "--height", "60"], "multiple of 8"),
+    (["generate", "x", "--height", "60"], "of 8"),
     (["generate", "x", "--checkpoint", "{t}/ckpt_array_header", "--text-tokenizer", str(SHIPPED / "text_tokenizer"), "--visual-tokenizer", str(SHIPPED / "visual_tokenizer")], "cannot read weights"),
     (["generate", "x", "--checkpoint", "{t}/pipe_bad_json"], "pipeline.json"),
     (["generate", "x", "--checkpoint", "{t}/pipe_array_json"], "JSON object"),

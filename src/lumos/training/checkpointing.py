@@ -149,10 +149,18 @@ def load_checkpoint(
     model_state, optim_state = get_state_dict(module, optimizer)
     state = {"model": model_state, "optim": optim_state}
     try:
-        rank_state = torch.load(path / f"rank-{ctx.rank:05d}.pt", weights_only=True)
+        rank_state, damage = torch.load(path / f"rank-{ctx.rank:05d}.pt", weights_only=True), ""
+    except Exception as err:  # any unreadable piece (missing, truncated, garbled) is damage
+        rank_state, damage = None, _reason(err)
+    # Every process must agree before the collective load (one damaged rank file skips the
+    # checkpoint everywhere).
+    damaged = ctx.all_reduce(torch.tensor([float(bool(damage))], device=ctx.device))
+    if float(damaged) > 0:
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({damage or 'another rank file'})")
+    try:
         with _single_process_quiet():
             dcp.load(state, checkpoint_id=path / "state", no_dist=not ctx.distributed)
-    except Exception as err:  # any unreadable piece (missing, truncated, garbled) is damage
+    except Exception as err:
         raise DamagedCheckpoint(f"checkpoint {path} is damaged ({_reason(err)})") from None
     set_state_dict(
         module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
