@@ -1,5 +1,8 @@
 import json
 
+import pytest
+
+from lumos import LumosError
 from lumos.cli.main import main
 from lumos.data.world import HELDOUT_PAIRS, parse_caption
 from lumos.evaluation.evaluate import GROUPS, build_cases
@@ -46,3 +49,9 @@ def test_cli_eval_writes_report_and_sheet(tmp_path, capsys):
     assert main(["eval", "--random-init", "--groups", "nope"]) == 2
     assert main(["eval", "--random-init", "--n", "0"]) == 2
     assert main(["eval", "--random-init", "--seed", "-1"]) == 2
+
+
+def test_build_cases_rejects_bad_counts_as_user_errors():
+    for n, seed in ((0, 0), (5, -1)):
+        with pytest.raises(LumosError, match="0 < n"):
+            build_cases(n, 64, 64, 9, seed=seed)

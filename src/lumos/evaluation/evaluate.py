@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 
 from lumos.atomic import atomic_path, write_text
 from lumos.data.world import caption, parse_caption, render, sample_scene
+from lumos.errors import LumosError
 from lumos.evaluation.analyser import aggregate, analyse, score
 from lumos.generation.pipeline import LumosPipeline
 
@@ -57,7 +58,7 @@ def build_cases(
 ) -> list[EvalCase]:
     """``n`` cases per group, at ``height`` x ``width`` pixels and ``num_frames`` RGB frames."""
     if not 0 < n <= MAX_CASES or seed < 0:
-        raise ValueError(f"need 0 < n <= {MAX_CASES} and seed >= 0, got n={n}, seed={seed}")
+        raise LumosError(f"need 0 < n <= {MAX_CASES} and seed >= 0, got n={n}, seed={seed}")
     objects = 1 if max_objects == 1 else None
     cases = []
     for group in groups:
