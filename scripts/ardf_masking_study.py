@@ -1,4 +1,4 @@
-"""AR-DF masking study (SPEC section 6): train the same model with tube and with random masks,
+"""AR-DF masking study (docs/design.md, "AR-DF"): train the same model with tube and with random masks,
 then measure each one's validation loss per latent frame under both mask types.
 
 With random masks a masked token of a later frame can copy the visible token at the same

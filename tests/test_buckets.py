@@ -7,12 +7,9 @@ from lumos.data.buckets import (
     PRESET_MAX_GRIDS,
     PRESETS,
     choose_bucket,
-    latent_frames,
     parse_size,
     resize_crop_box,
     resolution_buckets,
-    rgb_frames,
-    valid_rgb_frames,
 )
 from lumos.errors import LumosError
 
@@ -119,19 +116,3 @@ def test_parse_size():
     for bad in ["300x200", "abc", "0x32", "448x256x1", "x256"]:
         with pytest.raises(LumosError):
             parse_size(bad)
-
-
-def test_frame_arithmetic():
-    assert [latent_frames(t) for t in [1, 2, 5, 6, 9, 25]] == [1, 2, 2, 3, 3, 7]
-    assert [rgb_frames(n) for n in [1, 2, 7]] == [1, 5, 25]
-    for n in range(1, 20):
-        assert latent_frames(rgb_frames(n)) == n
-        assert valid_rgb_frames(rgb_frames(n)) == rgb_frames(n)
-    assert latent_frames(9, temporal=8) == 2 and rgb_frames(3, temporal=8) == 17
-    with pytest.raises(LumosError, match="nearest: 25 or 29"):
-        valid_rgb_frames(26)
-    with pytest.raises(LumosError, match="allowed: 1, 5, 9"):
-        valid_rgb_frames(3)
-    for bad in (latent_frames, rgb_frames, valid_rgb_frames):
-        with pytest.raises(LumosError):
-            bad(0)

@@ -1,5 +1,6 @@
 """``lumos convert-official`` end to end on stand-ins of every released file, and its
-one-line errors (SPEC sections 1, 7, 8)."""
+one-line errors (docs/design.md,
+"Vocabulary", "Generation" and "Tokenizers")."""
 
 import json
 import shutil

@@ -67,7 +67,7 @@ def test_prompt_text():
 
 
 def reference_positions(ids: list[int], scale_t=4, scale_hw=8):
-    """Per-token loop reference of SPEC section 4 (for tests only)."""
+    """Per-token loop reference of the position formula (docs/design.md, "MM-RoPE")."""
     t, h, w = list(range(len(ids))), list(range(len(ids))), list(range(len(ids)))
     content, frame, i, p0 = [], -1, 0, None
     while i < len(ids):

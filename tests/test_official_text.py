@@ -1,5 +1,6 @@
 """The official Lumos-1 text tokenizer: Lumos-1's text_tokenizer.json as published (quirks
-included) or Chameleon's tokenizer.json, checked against the official ids (SPEC 1, 8)."""
+included) or Chameleon's tokenizer.json, checked against the official ids (docs/design.md,
+"Vocabulary" and "Tokenizers")."""
 
 import json
 

@@ -1,10 +1,9 @@
-"""Resolution buckets, resize/crop geometry and RGB/latent frame-count arithmetic.
+"""Resolution buckets and resize/crop geometry.
 
 Units: sizes are (W, H) in pixels unless a name says "grids" (one grid = ``grid`` x ``grid``
-pixels, 32 by default, i.e. 4 x 4 latent tokens with the 8x spatial tokenizer). Frame counts
-are RGB frames unless a name says "latent".
+pixels, 32 by default, i.e. 4 x 4 latent tokens with the 8x spatial tokenizer).
 
-Bucket set (SPEC section 2). A budget of N grids allows every (w, h) grid size with
+Bucket set (docs/design.md, "Data format"). A budget of N grids allows every (w, h) grid size with
 ``w * h <= N`` and aspect ratio ``<= max_aspect``. Keeping *all* of them makes the
 "closest aspect ratio" rule pick tiny buckets whenever a small (w, h) happens to match the
 source better (a 7:2 source would get 14x4 = 56 grids of a 112 budget). We therefore keep only
@@ -17,14 +16,12 @@ Every such bucket uses most of the budget and together they cover all aspect rat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from fractions import Fraction
 
 from lumos.errors import LumosError
 
 GRID = 32  # pixels per bucket grid cell (spatial tokenizer stride 8 x 4 tokens)
-TEMPORAL = 4  # temporal compression of the causal video tokenizer
 
 # Official presets, (W, H) in pixels.
 PRESETS: dict[str, tuple[int, int]] = {"256p": (448, 256), "384p": (672, 384), "480p": (768, 480)}
@@ -108,30 +105,3 @@ def parse_size(spec: str, grid: int = GRID) -> tuple[int, int]:
     if w < grid or h < grid or w % grid or h % grid:
         raise LumosError(f"bad size {spec!r}: W and H must be positive multiples of {grid}")
     return w, h
-
-
-def latent_frames(rgb_frames: int, temporal: int = TEMPORAL) -> int:
-    """Latent frames a causal tokenizer makes from ``rgb_frames``: ``1 + ceil((T-1)/temporal)``."""
-    if rgb_frames < 1:
-        raise LumosError(f"a clip needs at least 1 RGB frame, got {rgb_frames}")
-    return 1 + math.ceil((rgb_frames - 1) / temporal)
-
-
-def rgb_frames(num_latent_frames: int, temporal: int = TEMPORAL) -> int:
-    """RGB frames decoded from ``num_latent_frames`` latent frames: ``1 + temporal * (n-1)``."""
-    if num_latent_frames < 1:
-        raise LumosError(f"a clip needs at least 1 latent frame, got {num_latent_frames}")
-    return 1 + temporal * (num_latent_frames - 1)
-
-
-def valid_rgb_frames(num_frames: int, temporal: int = TEMPORAL) -> int:
-    """Return ``num_frames`` if it is ``1 + temporal * k`` (k >= 0), else raise LumosError."""
-    if num_frames >= 1 and (num_frames - 1) % temporal == 0:
-        return num_frames
-    below = rgb_frames(latent_frames(num_frames, temporal) - 1, temporal) if num_frames > 1 else 1
-    above = below + temporal if num_frames > 1 else 1 + temporal
-    raise LumosError(
-        f"{num_frames} RGB frames is not 1 + {temporal}k (the causal tokenizer encodes the first "
-        f"frame alone, then groups of {temporal}); allowed: 1, {1 + temporal}, "
-        f"{1 + 2 * temporal}, ...; nearest: {below} or {above}"
-    )

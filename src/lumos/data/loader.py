@@ -2,7 +2,7 @@
 
 :class:`TokenLoader` is an endless iterator of batches; each batch is a list of 1-D
 LongTensor token sequences (:func:`lumos.sequence.layout.build_sequence`, vocabulary from the
-shards' index) of one kind, images or videos (SPEC 6: joint training alternates image and
+shards' index) of one kind, images or videos (docs/design.md, "Training": joint training alternates image and
 video batches). The training loop pads them and applies the objective.
 
 How batches are made, deterministically from ``seed`` and the index (no data is read to plan):

@@ -5,7 +5,7 @@ the torch side are ``[3, T, H, W]`` floats in [-1, 1], the visual tokenizer's in
 a batch axis is added (``clip[None]`` -> ``[1, 3, T, H, W]``).
 
 Inputs: anything FFmpeg decodes through PyAV (mp4, webm, mov, mkv, gif, ...), still images
-through Pillow (png, jpg, ... read as a one-frame video at 1 fps, SPEC section 2), and printf
+through Pillow (png, jpg, ... read as a one-frame video at 1 fps, docs/design.md, "Token layout"), and printf
 patterns of numbered images (``frames/%04d.png``, FFmpeg's image2 demuxer, played at the
 requested fps or 25 fps). Every failure to read a user file raises :class:`LumosError`
 naming the file and the problem.

@@ -8,7 +8,7 @@ that they belong together, and writes::
     OUT/transformer/        config.json + the safetensors files (optionally re-cast)
     OUT/text_tokenizer/     tokenizer.json (valid for Hugging Face ``tokenizers``)
     OUT/visual_tokenizer/   native Cosmos weights (config.json + model.safetensors)
-    OUT/pipeline.json       the official sampling defaults (SPEC section 7)
+    OUT/pipeline.json       the official sampling defaults (docs/design.md, "Generation")
 
 Every inconsistency is a one-line error before anything appears at OUT (the directory is
 built under a temporary name and renamed at the end).
@@ -36,7 +36,7 @@ INDEX_NAME = "model.safetensors.index.json"
 
 
 def official_defaults(resolution: str = "256p") -> PipelineDefaults:
-    """The official sampling defaults (SPEC section 7) at a resolution preset: 50 steps,
+    """The official sampling defaults (docs/design.md, "Generation") at a resolution preset: 50 steps,
     guidance 15 (video) / 16 (image), history mask ratio 0.7, 12 fps x 2 s = 25 frames."""
     if resolution not in PRESETS:
         raise LumosError(f"unknown resolution {resolution!r}; choose one of {sorted(PRESETS)}")

@@ -1,4 +1,5 @@
-"""Frame-causal training attention split per frame, without a dense L x L mask (SPEC 5).
+"""Frame-causal training attention split per frame, without a dense L x L mask
+(docs/design.md, "Frame-causal attention").
 
 ``allowed(q, k) = k <= q or (q, k in the same frame span)`` means a query inside frame span
 ``[a, b)`` sees exactly the keys ``[0, b)``, and a query outside every frame sees ``[0, q]``.

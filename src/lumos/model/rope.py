@@ -1,4 +1,5 @@
-"""Rotary position embeddings: 1-D RoPE, contiguous 3-D RoPE / M-RoPE, and MM-RoPE (SPEC 4).
+"""Rotary position embeddings: 1-D RoPE, contiguous 3-D RoPE / M-RoPE, and MM-RoPE
+(docs/design.md, "MM-RoPE").
 
 Rotate-half convention: frequency slot ``j`` in ``[0, d/2)`` has ``inv_freq_j = theta^(-2j/d)``
 and rotates channels ``j`` and ``j + d/2`` together. Each slot reads one of three position

@@ -1,4 +1,5 @@
-"""The Lumos-1 decoder: a Chameleon/Llama transformer with QK-norm and MM-RoPE (SPEC 3-5).
+"""The Lumos-1 decoder: a Chameleon/Llama transformer with QK-norm and MM-RoPE (docs/design.md,
+"MM-RoPE" and "Frame-causal attention").
 
 Module names match the official checkpoint keys (``model.layers.{i}.self_attn.q_proj`` ...), so
 state dicts load without renaming. ``LumosModel(input_ids)`` derives positions and the

@@ -1,4 +1,4 @@
-"""Token sequence layout of Lumos-1 (SPEC section 2): builders and the inverse parser.
+"""Token sequence layout of Lumos-1 (docs/design.md, "Token layout"): builders and the inverse parser.
 
 ```
 [BOS] text [SEP] VIDEO [SEP]

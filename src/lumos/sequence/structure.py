@@ -77,7 +77,7 @@ def token_structure(
 
 
 def rope_positions(s: TokenStructure, scale_t: int = 4, scale_hw: int = 8) -> torch.Tensor:
-    """MM-RoPE position streams [B, 3, L] (t, h, w) (SPEC section 4).
+    """MM-RoPE position streams [B, 3, L] (t, h, w) (docs/design.md, "MM-RoPE").
 
     Content tokens get ``t = scale_t*frame + P0``, ``h = scale_hw*row + P0``,
     ``w = scale_hw*col + P0``; every other token uses its global index on all three streams.
@@ -91,7 +91,8 @@ def rope_positions(s: TokenStructure, scale_t: int = 4, scale_hw: int = 8) -> to
 
 
 def frame_causal_mask(s: TokenStructure, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Dense boolean attention mask [B, 1, L, L], True = may attend (SPEC section 5):
+    """Dense boolean attention mask [B, 1, L, L], True = may attend (docs/design.md,
+    "Frame-causal attention"):
     ``k <= q`` or q and k in the same frame span; padding keys are excluded (a padding
     query attends to itself only, so no row is empty)."""
     B, L = s.frame.shape

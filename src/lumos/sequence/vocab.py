@@ -1,7 +1,7 @@
 """The token vocabulary shared by text and visual tokens.
 
 Ids ``[0, text_size)`` are text ids (including the special tokens); visual code ``c`` of the
-visual tokenizer has id ``visual_offset + c``. The official Lumos-1 ids (SPEC section 1) are
+visual tokenizer has id ``visual_offset + c``. The official Lumos-1 ids (docs/design.md, "Vocabulary") are
 :meth:`Vocabulary.official`; our own models build theirs from a text tokenizer's special tokens.
 """
 

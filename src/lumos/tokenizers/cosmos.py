@@ -3,7 +3,7 @@
 The user's directory holds the TorchScript files ``encoder.jit`` and ``decoder.jit`` as
 published. ``encoder(video)`` returns ``(indices, codes)`` with int indices [B, t, h, w];
 ``decoder(indices)`` returns RGB video in [-1, 1]. FSQ levels [8, 8, 8, 5, 5, 5] give
-64,000 codes; compression is 4x in time and 8x in space (SPEC section 8).
+64,000 codes; compression is 4x in time and 8x in space (docs/design.md, "Tokenizers").
 
 Loading TorchScript runs code stored in the file, so it needs an explicit opt-in.
 """

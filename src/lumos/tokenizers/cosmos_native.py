@@ -1,7 +1,8 @@
 """NVIDIA Cosmos-Tokenizer-DV4x8x8 (the official Lumos-1 visual tokenizer) in plain PyTorch.
 
 Written from the public description of the network (NVIDIA/Cosmos-Tokenizer, Apache-2.0,
-``CausalDiscreteVideoTokenizer`` with factorized 3-D encoder and decoder; SPEC section 8):
+``CausalDiscreteVideoTokenizer`` with factorized 3-D encoder and decoder; docs/design.md,
+"Tokenizers"):
 
 * Haar wavelet patching: RGB frame 0 is repeated ``p`` times (p = patch size, 4), then
   ``log2(p)`` levels of a 2x2x2 Haar transform fold each ``p`` frames x ``p`` x ``p`` pixels

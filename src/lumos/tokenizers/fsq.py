@@ -2,8 +2,8 @@
 
 Each of the ``len(levels)`` channels of a latent vector is bounded and rounded to one of
 ``levels[i]`` values; the code book is the product grid, ``prod(levels)`` codes, with no
-learned parameters. Codes are normalised to [-1, 1]. Index layout (SPEC section 8, as in
-Cosmos): ``index = sum_i d_i * prod(levels[:i])`` where ``d_i`` in [0, levels[i]) is the
+learned parameters. Codes are normalised to [-1, 1]. Index layout (docs/design.md,
+"Tokenizers", as in Cosmos): ``index = sum_i d_i * prod(levels[:i])`` where ``d_i`` in [0, levels[i]) is the
 digit of channel i, so the first channel varies fastest.
 
 Odd levels L give the symmetric integer grid {-(L-1)/2 .. (L-1)/2}; even levels give

@@ -1,4 +1,5 @@
-"""The official Lumos-1 text tokenizer: Chameleon's BPE plus 64,000 video tokens (SPEC 1, 8).
+"""The official Lumos-1 text tokenizer: Chameleon's BPE plus 64,000 video tokens
+(docs/design.md, "Vocabulary" and "Tokenizers").
 
 Lumos-1 publishes ``text_tokenizer.json``: Chameleon's ``tokenizer.json`` (65,536 ids) with the
 added tokens ``VIDVID<digits>Z`` for Cosmos code ``i`` at id ``65,536 + i`` (decimal digits
@@ -38,7 +39,8 @@ def _video_index(token: str) -> int | None:
 
 
 def official_special_tokens(vocab: Vocabulary) -> dict[str, int]:
-    """Chameleon token string -> id for every id the sequence layout uses (SPEC section 1):
+    """Chameleon token string -> id for every id the sequence layout uses (docs/design.md,
+    "Vocabulary"):
     ``<s>``, ``<racm3:break>`` (frame start), ``<eoss>`` (frame end) and ``<reservedNNNNN>`` at
     id NNNNN + 4 for the separator, new line, video start/end, MASK and the integers."""
     named = {"<s>": vocab.bos, "<racm3:break>": vocab.frame_start, "<eoss>": vocab.frame_end}
@@ -127,7 +129,7 @@ def build_official_text_tokenizer(
                 "was trained with)"
             )
     video = {t: i for t, i in ids.items() if _video_index(t) is not None}
-    if not video:  # plain Chameleon: add the video tokens (SPEC section 8)
+    if not video:  # plain Chameleon: add the video tokens (docs/design.md, "Tokenizers")
         added += [_video_entry(i, offset) for i in range(count)]
     else:
         for token, tid in video.items():

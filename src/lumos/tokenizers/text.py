@@ -2,7 +2,7 @@
 
 Our own tokenizers reserve :data:`SPECIAL_TOKENS` as ids ``0 .. len(SPECIAL_TOKENS) - 1``:
 the sequence-layout tokens (``<s>`` = 0 is BOS, ...) followed by the integer tokens
-``<int_0> .. <int_255>`` (grid sizes, seconds, fps; SPEC section 2). Any other
+``<int_0> .. <int_255>`` (grid sizes, seconds, fps; docs/design.md, "Token layout"). Any other
 ``tokenizer.json``, such as the official Chameleon one, loads too; its special tokens differ,
 so callers look ids up with :meth:`TextTokenizer.token_to_id`.
 

@@ -1,4 +1,5 @@
-"""The visual tokenizer interface (SPEC section 8) and loading a tokenizer from a directory.
+"""The visual tokenizer interface and the uint8 <-> [-1, 1] pixel conversion (docs/design.md,
+"Tokenizers").
 
 A visual tokenizer maps RGB video to a grid of discrete tokens and back:
 

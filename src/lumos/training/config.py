@@ -332,7 +332,7 @@ def tiny_cpu_joint() -> TrainConfig:
 
 
 def _official(geometry: str, stage: str, size: tuple[int, int]) -> TrainConfig:
-    """The published recipe (SPEC 6): bf16, FSDP full shard, activation checkpointing, AdamW
+    """The published recipe (docs/design.md, "Training"): bf16, FSDP full shard, activation checkpointing, AdamW
     (0.9, 0.95) wd 0.1, clip 4, short warmup then constant LR, tube masks min rate 0.7, text
     drop 0.1. Stage 1 is text-to-image at 256p; stage 2 alternates image and video batches,
     first at 256p (from stage 1), then at 384p (from stage 2 at 256p). Batch sizes and step

@@ -1,4 +1,4 @@
-"""The AR-DF training objective (SPEC 6): masking, collation and the visual-slice loss.
+"""The AR-DF training objective (docs/design.md, "AR-DF"): masking, collation and the visual-slice loss.
 
 A training sample is a 1-D token sequence from :func:`lumos.sequence.layout.build_sequence`.
 :func:`collate` drops the text of some samples (classifier-free guidance), right-pads the batch,
