@@ -176,4 +176,6 @@ def test_cli_train_text_tokenizer(tmp_path, capsys):
     with pytest.raises(LumosError, match="no captions"):
         run_cli("--out", str(out))
     with pytest.raises(LumosError, match="unsupported"):
+        run_cli(str(out / "tokenizer.json"), "--out", str(tmp_path / "other"))
+    with pytest.raises(LumosError, match="also an input"):  # never written over an input
         run_cli(str(out / "tokenizer.json"), "--out", str(out))
