@@ -597,12 +597,14 @@ def test_validation_layer_messages_name_the_allowed_values():
         (lambda: validate.seed("seed", 2**63), "0..9223372036854775807"),
         (lambda: validate.boolean("flag", 1), "true or false"),
         (lambda: validate.pair("p", [1, 2, 3]), "pair"),
+        (lambda: validate.integer("steps", 10.0, 1), "steps must be an integer >= 1, got 10.0"),
+        (lambda: validate.number("g", float("inf")), "g must be a finite number, got inf"),
     ]
     for call, text in cases:
         with pytest.raises(LumosError, match=None) as info:
             call()
         assert text in str(info.value), (text, str(info.value))
-    assert validate.integer("n", "3", 1, 5) == 3 and validate.integer("n", 4.0) == 4
+    assert validate.integer("n", "3", 1, 5) == 3 and validate.integer("n", 4) == 4
     assert validate.number("x", "0.5", 0, 1) == 0.5
 
 

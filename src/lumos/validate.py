@@ -29,28 +29,26 @@ def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) 
         return f"{'>' if lo_open else '>='} {lo:g}"
     if hi is not None:
         return f"{'<' if hi_open else '<='} {hi:g}"
-    return "any finite value"
+    return ""
 
 
 def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
-    """``value`` as an int in ``lo..hi`` (inclusive). Booleans, fractional numbers and
-    non-numeric strings are refused; ``"12"`` and ``12.0`` are accepted as 12."""
+    """``value`` as an int in ``lo..hi`` (inclusive). Booleans, floats (even ``12.0``) and
+    non-numeric strings are refused; the string ``"12"`` (a command line) is 12."""
     original = value
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
             value = None
-    elif isinstance(value, float) and math.isfinite(value) and value == int(value):
-        value = int(value)
     allowed = (
-        f"{lo}..{hi}"
+        f" {lo}..{hi}"
         if lo is not None and hi is not None
-        else f">= {lo}"
+        else f" >= {lo}"
         if lo is not None
-        else f"<= {hi}"
+        else f" <= {hi}"
         if hi is not None
-        else "any"
+        else ""
     )
     if (
         not isinstance(value, int)
@@ -58,7 +56,7 @@ def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None)
         or (lo is not None and value < lo)
         or (hi is not None and value > hi)
     ):
-        raise LumosError(f"{name} must be an integer {allowed}, got {original!r}")
+        raise LumosError(f"{name} must be an integer{allowed}, got {original!r}")
     return value
 
 
@@ -87,7 +85,7 @@ def number(
     )
     if not ok:
         allowed = _interval(lo, hi, lo_open, hi_open)
-        raise LumosError(f"{name} must be a finite number {allowed}, got {original!r}")
+        raise LumosError(f"{name} must be a finite number {allowed}".rstrip() + f", got {original!r}")
     return float(value)
 
 
@@ -132,10 +130,12 @@ def pair(
 
 
 def seed(name: str, value: Any) -> int:
+    """A seed: an integer in 0..MAX_SEED."""
     return integer(name, value, 0, MAX_SEED)
 
 
 def threads(name: str, value: Any) -> int:
+    """A CPU thread count: an integer in 1..MAX_THREADS."""
     return integer(name, value, 1, MAX_THREADS)
 
 
