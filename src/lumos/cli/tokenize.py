@@ -137,9 +137,9 @@ def _source(args: argparse.Namespace) -> WorldSource | ManifestSource:
         )
     frames = MANIFEST_FRAMES if args.frames is None else args.frames
     fps = MANIFEST_FPS if args.fps is None else args.fps
-    if args.size:
+    if args.size is not None:
         return ManifestSource.open(args.manifest, frames, fps, size=parse_size(args.size))
-    budget = args.buckets or "256p"
+    budget = "256p" if args.buckets is None else args.buckets
     grids = PRESET_MAX_GRIDS.get(budget.lower()) or (int(budget) if budget.isdigit() else None)
     if not grids:
         raise LumosError(f"--buckets {budget!r}: use {', '.join(PRESET_MAX_GRIDS)} or a number")
