@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,26 +43,25 @@ MAX_PROMPT_TOKENS = 512  # text ids per prompt, template included
 
 @dataclass
 class PipelineDefaults:
-    """Generation defaults stored in ``pipeline.json``.
+    """Generation defaults stored in ``pipeline.json`` (unknown keys are errors); every unset
+    setting of a request is filled from here by :meth:`resolve`."""
 
-    ``prompt_domain`` names what the model was trained to follow: ``"procedural-world"``
-    (coloured shapes; ``lumos generate`` warns about prompts that name none) or None
-    (open-domain, no check)."""
-
-    fps: int = 4
-    height: int = 64
-    width: int = 64
-    num_frames: int = 9
-    num_inference_steps: int = 16
-    guidance_scale: float = 3.0
-    history_mask_ratio: float = 0.7
+    fps: int = 4  # frame rate written in the prompt and the header, and of the output video
+    height: int = 64  # pixels
+    width: int = 64  # pixels
+    num_frames: int = 9  # RGB frames, 1 + 4k (1: text-to-image)
+    num_inference_steps: int = 16  # MaskGIT steps per latent frame
+    guidance_scale: float = 3.0  # classifier-free guidance
+    history_mask_ratio: float = 0.7  # fraction of a finished frame masked in the KV cache
     num_threads: int | None = None  # CPU threads the CLI uses (None: PyTorch's default)
     # Official checkpoints (lumos convert-official): seconds of video, guidance for
     # text-to-image, and the resolution buckets [[W, H], ...] in pixels.
     duration: int | None = None
     image_guidance_scale: float | None = None
     resolution_buckets: list[list[int]] | None = None
-    prompt_domain: str | None = None
+    # What the model was trained to follow: "procedural-world" (coloured shapes; lumos generate
+    # warns about prompts that name none) or None (open-domain, no check).
+    prompt_domain: Literal["procedural-world"] | None = None
 
     @classmethod
     def load(cls, path: Path) -> PipelineDefaults:

@@ -49,20 +49,20 @@ EXPORT_DTYPE = torch.float16  # OUT/model.safetensors: half the size; checkpoint
 class TrainSettings:
     """Optimisation and data settings of a tokenizer training run (pixels and RGB frames)."""
 
-    steps: int = 6000
-    batch_size: int = 4
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    grad_clip: float = 1.0
-    height: int = 64
-    width: int = 64
-    frames: int = 9
-    image_fraction: float = 0.1
-    color_augment_from: int = 0
-    seed: int = 0
-    checkpoint_every: int = 250
-    log_every: int = 25
+    steps: int = 6000  # length of the LR schedule (optimiser steps)
+    batch_size: int = 4  # clips per step
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 200  # linear warmup, then cosine decay to 10 %
+    grad_clip: float = 1.0  # max global gradient norm
+    height: int = 64  # clip height, pixels
+    width: int = 64  # clip width, pixels
+    frames: int = 9  # RGB frames per video clip, 1 + 4k
+    image_fraction: float = 0.1  # probability that a step trains on still images (T = 1)
+    color_augment_from: int = 0  # permute each clip's RGB channels at random from this step on
+    seed: int = 0  # clips and augmentation
+    checkpoint_every: int = 250  # steps between checkpoints (and at the end)
+    log_every: int = 25  # steps between train_log.jsonl lines
 
 
 # ----------------------------------------------------------------------------- data
