@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 
 FORMATS = ("mp4", "gif", "png")
+OTHER_MEDIA = ("webm", "mkv", "mov", "avi", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 MAX_PROMPT_CHARS = 2000  # the pipeline also bounds the prompt in tokens
 MAX_SIDE = 4096  # pixels
 MAX_FRAMES = 1 + 4 * 64  # RGB frames
@@ -155,6 +156,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def output_format(args: argparse.Namespace) -> str:
     """``--format``, else the suffix of an ``--out`` file, else mp4; a conflict is an error."""
     suffix = args.out.suffix.lstrip(".").lower() if args.out is not None else ""
+    if suffix in OTHER_MEDIA and not args.out.is_dir():
+        raise LumosError(f"--out {args.out}: .{suffix} is not an output format; use mp4, gif or png")
     named = suffix if suffix in FORMATS and not args.out.is_dir() else None
     if args.format and named and args.format != named:
         raise LumosError(f"--format {args.format} conflicts with --out {args.out} (.{named})")
@@ -251,8 +254,7 @@ def run(args: argparse.Namespace) -> int:
     size = d.resolve(num_frames=1 if args.t2i else args.frames, height=args.height, width=args.width)
     frames, height, width = size["num_frames"], size["height"], size["width"]
     pipe.latent_shape(frames, height, width)  # validate before any work
-    if warning := domain_warning(prompts, d.prompt_domain):
-        print(warning, file=sys.stderr)
+    warning = domain_warning(prompts, d.prompt_domain)
     image = load_image(args.image, width, height) if args.image else None
     sampling = sampling_kwargs(args, d, frames)
     steps = sampling["num_inference_steps"]
@@ -277,6 +279,9 @@ def run(args: argparse.Namespace) -> int:
             callback=lambda *_: bar.update(1),
             **sampling,
         )
+        if warning:  # shown once the request has passed every check: errors stay one line
+            print(warning, file=sys.stderr)
+            warning = None
         for video, i in zip(out.frames, chunk, strict=True):
             print(save_frames(video, paths[i], out.fps if args.fps is None else args.fps))
     bar.close()

@@ -18,11 +18,12 @@ import yaml
 
 from lumos import validate
 from lumos.errors import LumosError
-from lumos.model.config import Geometry
+from lumos.model.config import Geometry, LumosConfig
 
 MAX_COUNT = 10**9  # upper bound of step counts, intervals and batch sizes
 MAX_PIXELS = 8192  # upper bound of a training image side
 MAX_LATENT_FRAMES = 64
+LUMOS_CONFIG_FIELDS = [f.name for f in dataclasses.fields(LumosConfig)]  # model.overrides keys
 
 # The allowed values of the string settings (one list each; the checks read them with get_args).
 Precision = Literal["auto", "bf16", "fp32"]
@@ -62,6 +63,7 @@ class ModelConfig:
         validate.boolean("model.gradient_checkpointing", self.gradient_checkpointing)
         if not isinstance(self.overrides, dict):
             raise LumosError(f"model.overrides must be a mapping, got {self.overrides!r}")
+        validate.known_keys("model.overrides", self.overrides, LUMOS_CONFIG_FIELDS)
 
 
 @dataclass
@@ -197,6 +199,8 @@ class TrainConfig:
         if self.threads is not None:
             validate.threads("threads", self.threads)
         validate.boolean("tensorboard", self.tensorboard)
+        if not isinstance(self.name, str):
+            raise LumosError(f"name must be text, got {self.name!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():
             raise LumosError(f"output_dir must be a directory path, got {self.output_dir!r}")
 
