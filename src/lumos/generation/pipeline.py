@@ -27,6 +27,7 @@ import torch
 from lumos import validate
 from lumos.errors import LumosError
 from lumos.generation.generate import GenerationConfig, generate
+from lumos.generation.planner import GenerationPlan, plan_request
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
 from lumos.sequence.layout import header_timing, prompt_text
@@ -237,11 +238,14 @@ class LumosPipeline:
         sample_temperature: float = 1.0,
         top_k: int | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
+        compile: bool = False,
     ) -> PipelineOutput:
         """Generate one video per prompt. ``image`` (uint8 [H, W, 3] or [B, H, W, 3], already
         at ``height`` x ``width``) makes it image-to-video; ``num_frames=1`` is text-to-image.
         ``temperature`` scales the noise on the confidences that choose which tokens to keep;
-        ``sample_temperature`` and ``top_k`` shape the token sampling itself."""
+        ``sample_temperature`` and ``top_k`` shape the token sampling itself. ``compile`` runs
+        the step compiled with ``torch.compile`` (fixed shapes; the first call compiles, at most
+        two graphs per request shape)."""
         d = self.defaults
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -286,9 +290,34 @@ class LumosPipeline:
             config=config,
             generator=generator,
             callback=callback,
+            compile=compile,
         )
         video = self.visual_tokenizer.decode(out.codes)  # [B, 3, T, H, W] in [-1, 1]
         return PipelineOutput(video_to_frames(video), out.codes, fps)
+
+    def plan(
+        self,
+        batch: int = 1,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        prompt_tokens: int = MAX_PROMPT_TOKENS,
+        dtype: torch.dtype | None = None,
+        device: str | None = None,
+        compile: bool = False,
+    ) -> GenerationPlan:
+        """Estimated peak memory and FLOPs of a call, without allocating anything (see
+        ``generation/planner.py``). ``dtype``/``device`` default to the model's: ask for
+        ``device="cuda", dtype=torch.bfloat16`` to project a GPU run from here."""
+        s = self.defaults.resolve(num_frames, height, width, num_inference_steps, guidance_scale)
+        weight = self.model.lm_head.weight
+        return plan_request(
+            self.model.config, self.visual_tokenizer, batch, s["num_frames"], s["height"],
+            s["width"], prompt_tokens, s["num_inference_steps"], s["guidance_scale"],
+            dtype or weight.dtype, device or weight.device.type, compile,
+        )  # fmt: skip
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent (t, h, w) for ``num_frames`` RGB frames of ``height`` x ``width`` pixels (the

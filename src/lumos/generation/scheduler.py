@@ -129,12 +129,13 @@ class MaskGITScheduler:
     def _sample_logits(
         self, logits: torch.Tensor, u: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # ``logits`` is a fresh fp32 tensor of the head's: the steps below may work in place.
         if self.sample_temperature != 1.0:
             logits = logits / self.sample_temperature
         if self.top_k is not None and self.top_k < logits.shape[-1]:
             kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        weights = (logits - logits.amax(-1, keepdim=True)).exp()  # unnormalised softmax
+        weights = logits.sub_(logits.amax(-1, keepdim=True)).exp_()  # unnormalised softmax
         pick, total = inverse_cdf(weights, u)
         p = weights.gather(-1, pick[..., None]).squeeze(-1) / total
         return pick, p.clamp_min(1e-30).log()
@@ -193,7 +194,8 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, t
     sum up to float rounding of the sums; a zero-weight entry is never picked."""
     V = weights.shape[-1]
     pad = -V % CDF_BLOCK
-    blocks = F.pad(weights, (0, pad)).unflatten(-1, (-1, CDF_BLOCK))  # [..., nb, CDF_BLOCK]
+    padded = F.pad(weights, (0, pad)) if pad else weights
+    blocks = padded.unflatten(-1, (-1, CDF_BLOCK))  # [..., nb, CDF_BLOCK]
     block_cdf = blocks.sum(-1).cumsum(-1)  # [..., nb]
     total = block_cdf[..., -1]
     target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
