@@ -551,6 +551,10 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
     assert sorted(p.name for p in ckpts.iterdir()) == [
         "step-00000002", "step-00000004", "step-00000006"
     ]
+    before = snapshot(out)
+    assert main([*TRAIN, "--steps", "6", "--output", str(out), "--no-resume"]) == 2
+    assert "earlier run" in capsys.readouterr().err  # --no-resume never replaces a run
+    assert snapshot(out) == before
     (ckpts / "step-00000006" / "rank-00000.pt").unlink()  # missing file
     (ckpts / "step-00000004" / "trainer.pt").write_bytes(b"")  # truncated file
     capsys.readouterr()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import yaml
 
+from lumos.errors import LumosError
 from lumos.training.config import PRESETS, describe_preset, load_config
 
 
@@ -55,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
         return 0
+    from lumos.training.checkpointing import list_checkpoints
     from lumos.training.train import train
 
+    if args.no_resume and list_checkpoints(Path(cfg.output_dir) / "checkpoints"):
+        raise LumosError(
+            f"{cfg.output_dir} holds checkpoints of an earlier run that --no-resume would replace; "
+            "choose another --output (or delete that directory first)"
+        )
     train(cfg, resume=not args.no_resume)
     return 0
