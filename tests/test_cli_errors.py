@@ -133,6 +133,7 @@ BAD: list[tuple[list[str], str]] = [
     (["tokenize", "--world", "train", "--count", "2", "--out", "{t}/occupied/x"], "is a file"),
     (["tokenize", "--world", "train", "--count", "2", "--out", "/proc/lumos-test"], "cannot write"),
     (["tokenize", "{t}/manifest.csv", "--out", "{t}/manifest.csv"], "also an input"),
+    (["tokenize", "--world", "train", "--count", "2", "--out", str(SHIPPED / "visual_tokenizer")], "also an input"),
     # ---- train
     (["train", "--preset", "tiny-cpu-t2i", "--set", "steps=10.7"], "steps"),
     (["train", "--preset", "tiny-cpu-t2i", "--set", "steps=true"], "steps"),
@@ -171,6 +172,7 @@ BAD: list[tuple[list[str], str]] = [
     (["train", "--config", "{t}/bad.yaml"], "not valid YAML"),
     (["train", "--preset", "tiny-cpu-t2i", "--output", "{t}/occupied"], "existing file"),
     (["train", "--preset", "tiny-cpu-t2i", "--output", "/proc/lumos-test"], "cannot write"),
+    (["train", "--preset", "tiny-cpu-t2i", "--output", "{t}/run", "--set", "model.init_from={t}/run/model"], "also an input"),
     # ---- train-tokenizer / eval-tokenizer
     (["train-tokenizer", "--out", "o", "--checkpoint-every", "0"], "--checkpoint-every"),
     (["train-tokenizer", "--out", "o", "--log-every", "0"], "--log-every"),

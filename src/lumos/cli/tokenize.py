@@ -148,7 +148,8 @@ def _source(args: argparse.Namespace) -> WorldSource | ManifestSource:
 
 def run(args: argparse.Namespace) -> int:
     part = _part(args.shard)
-    validate.output_path(args.out, "dir", [args.manifest], "--out")
+    inputs = [args.manifest, args.visual_tokenizer, args.text_tokenizer]
+    validate.output_path(args.out, "dir", inputs, "--out")
     source = _source(args)
     job, toks = make_job(
         source,

@@ -263,6 +263,8 @@ class Trainer:
         self.out = validate.output_path(
             cfg.output_dir, "dir", [*cfg.data.shards, *cfg.data.validation_shards], "output_dir"
         )
+        starts = [cfg.model.init_from, cfg.model.init_from_llm]
+        validate.output_path(self.out / "model", "dir", starts, "the final model (output_dir/model)")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.ctx = distributed.init_distributed()
