@@ -202,6 +202,12 @@ BAD: list[tuple[list[str], str]] = [
     (["train-text-tokenizer", "{t}/latin1.txt", "--out", "o"], "not UTF-8"),
     (["train-text-tokenizer", "{t}/list_captions.jsonl", "--out", "o"], "caption"),
     (["train-text-tokenizer", "{t}/caps.txt", "--out", "{t}/occupied/t.json"], "is a file"),
+    # ---- convert-cosmos / convert-official
+    (["convert-cosmos", "{t}/folder", "{t}/occupied"], "existing file"),
+    (["convert-cosmos", "{t}/folder", "{t}/folder"], "also an input"),
+    (["convert-cosmos", "{t}/folder", "/proc/lumos-test"], "cannot write"),
+    (["convert-official", "--checkpoint", "{t}/folder", "--text-tokenizer", "{t}/caps.txt", "--cosmos", "{t}/folder", "--out", "{t}/occupied"], "existing file"),
+    (["convert-official", "--checkpoint", "{t}/folder", "--text-tokenizer", "{t}/caps.txt", "--cosmos", "{t}/folder", "--out", "{t}/folder"], "also an input"),
     # ---- world
     (["world", "--out", "o", "--n", "0"], "--n"),
     (["world", "--out", "o", "--n", "-1"], "--n"),

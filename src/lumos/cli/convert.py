@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from lumos import validate
 from lumos.data.buckets import PRESETS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,6 +77,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def run_cosmos(args: argparse.Namespace) -> int:
     from lumos.tokenizers.cosmos_convert import convert_cosmos
 
+    validate.output_path(args.out, "dir", [args.src], "out")
     tok = convert_cosmos(
         args.src,
         args.out,
@@ -95,6 +97,8 @@ def run_cosmos(args: argparse.Namespace) -> int:
 def run_official(args: argparse.Namespace) -> int:
     from lumos.generation.official import convert_official
 
+    inputs = [args.checkpoint, args.text_tokenizer, args.cosmos]
+    validate.output_path(args.out, "dir", inputs, "--out")
     out = convert_official(
         args.checkpoint,
         args.text_tokenizer,
