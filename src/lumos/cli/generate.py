@@ -39,9 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Defaults come from the model's pipeline.json.",
     )
     p.add_argument("prompts", nargs="*", help="one or more prompts")
-    p.add_argument(
-        "--prompts-file", type=Path, help="a UTF-8 text file with one prompt per line"
-    )
+    p.add_argument("--prompts-file", type=Path, help="a UTF-8 text file with one prompt per line")
     p.add_argument(
         "--out",
         type=Path,
@@ -85,6 +83,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--fps", type=FPS_ARG, help="frame rate of the written file (default: the model's)"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decoding step with torch.compile (slow first call, faster steps)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the estimated peak memory and FLOPs of the request; load no weights",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=validate.float_arg(0, lo_open=True),
+        metavar="GB",
+        help="refuse a request whose estimated peak memory (GiB) exceeds this, before loading",
     )
     p.set_defaults(func=run)
 
@@ -157,7 +171,9 @@ def output_format(args: argparse.Namespace) -> str:
     """``--format``, else the suffix of an ``--out`` file, else mp4; a conflict is an error."""
     suffix = args.out.suffix.lstrip(".").lower() if args.out is not None else ""
     if suffix in OTHER_MEDIA and not args.out.is_dir():
-        raise LumosError(f"--out {args.out}: .{suffix} is not an output format; use mp4, gif or png")
+        raise LumosError(
+            f"--out {args.out}: .{suffix} is not an output format; use mp4, gif or png"
+        )
     named = suffix if suffix in FORMATS and not args.out.is_dir() else None
     if args.format and named and args.format != named:
         raise LumosError(f"--format {args.format} conflicts with --out {args.out} (.{named})")
@@ -227,6 +243,49 @@ def load_pipeline(args: argparse.Namespace):
     )
 
 
+def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
+    """``--dry-run``: print the plan of the request; ``--max-memory``: refuse a request that
+    will not fit, naming what to lower. Only configs and the visual tokenizer are loaded."""
+    from lumos.generation.pipeline import LumosPipeline
+    from lumos.generation.planner import GiB
+    from lumos.sequence.layout import prompt_text
+
+    if args.random_init:
+        pipe = LumosPipeline.random_init(args.seed)
+    else:
+        pipe = LumosPipeline.from_pretrained(
+            args.checkpoint, args.text_tokenizer, args.visual_tokenizer, args.trust_torchscript,
+            weights=False,
+        )  # fmt: skip
+    d = pipe.defaults
+    size = d.resolve(
+        num_frames=1 if args.t2i else args.frames, height=args.height, width=args.width
+    )
+    sampling = sampling_kwargs(args, d, size["num_frames"])
+    batch = min(len(prompts), args.batch_size)
+    longest = max(
+        len(pipe.text_tokenizer.encode(prompt_text(p, size["width"], size["height"], d.fps, 1)))
+        for p in prompts
+    )
+    plan = pipe.plan(
+        batch, size["num_frames"], size["height"], size["width"],
+        sampling["num_inference_steps"], sampling["guidance_scale"], longest,
+        compile=args.compile,
+    )  # fmt: skip
+    if args.dry_run:
+        print(
+            f"{batch} prompt(s) at a time, {size['num_frames']} frames of "
+            f"{size['width']}x{size['height']} px, {sampling['num_inference_steps']} steps, "
+            f"guidance {sampling['guidance_scale']}"
+        )
+        print(plan.table())
+    if args.max_memory is not None and plan.total > args.max_memory * GiB:
+        raise LumosError(
+            f"the request needs about {plan.total / GiB:.2f} GiB (more than --max-memory "
+            f"{args.max_memory:g}); lower --batch-size, --frames or --height/--width"
+        )
+
+
 def load_image(path: Path, width: int, height: int):
     from lumos.data.video_io import read_video, resize_crop
 
@@ -245,13 +304,19 @@ def run(args: argparse.Namespace) -> int:
         raise LumosError("--t2i and --image exclude each other")
     if args.image is not None:
         validate.input_file(args.image, "--image")
+    if args.dry_run or args.max_memory is not None:
+        check_memory(args, prompts)
+        if args.dry_run:
+            return 0
     paths = output_paths(args, prompts, fmt)
     pipe = load_pipeline(args)
     d = pipe.defaults
     threads = args.threads if args.threads is not None else d.num_threads
     if threads:
         torch.set_num_threads(threads)
-    size = d.resolve(num_frames=1 if args.t2i else args.frames, height=args.height, width=args.width)
+    size = d.resolve(
+        num_frames=1 if args.t2i else args.frames, height=args.height, width=args.width
+    )
     frames, height, width = size["num_frames"], size["height"], size["width"]
     pipe.latent_shape(frames, height, width)  # validate before any work
     warning = domain_warning(prompts, d.prompt_domain)
@@ -277,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
             generator=[torch.Generator().manual_seed(args.seed + i) for i in chunk],
             image=image,
             callback=lambda *_: bar.update(1),
+            compile=args.compile,
             **sampling,
         )
         if warning:  # shown once the request has passed every check: errors stay one line

@@ -162,9 +162,12 @@ class LumosPipeline:
         text_tokenizer: str | Path | None = None,
         visual_tokenizer: str | Path | None = None,
         allow_torchscript: bool = False,
+        weights: bool = True,
     ) -> LumosPipeline:
         """Load a pipeline directory (None = the model shipped with lumos), or a bare model
-        checkpoint directory together with ``text_tokenizer``/``visual_tokenizer`` paths."""
+        checkpoint directory together with ``text_tokenizer``/``visual_tokenizer`` paths.
+        ``weights=False`` builds the transformer on the ``meta`` device without reading its
+        weights (enough for :meth:`plan`, not for generating)."""
         root = Path(path) if path is not None else DEFAULT_PIPELINE_DIR
         if not root.exists():
             raise LumosError(f"checkpoint path {root} does not exist")
@@ -189,7 +192,7 @@ class LumosPipeline:
                 "bare model directory, the visual tokenizer: lumos generate --visual-tokenizer)"
             )
         return cls(
-            LumosModel.from_pretrained(model_dir),
+            LumosModel.from_pretrained(model_dir) if weights else LumosModel.on_meta(model_dir),
             TextTokenizer.from_file(text_path),
             load_visual_tokenizer(visual_path, allow_torchscript=allow_torchscript),
             PipelineDefaults.load(root / "pipeline.json"),
@@ -316,7 +319,8 @@ class LumosPipeline:
         return plan_request(
             self.model.config, self.visual_tokenizer, batch, s["num_frames"], s["height"],
             s["width"], prompt_tokens, s["num_inference_steps"], s["guidance_scale"],
-            dtype or weight.dtype, device or weight.device.type, compile,
+            dtype or weight.dtype, device or ("cpu" if weight.is_meta else weight.device.type),
+            compile,
         )  # fmt: skip
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:

@@ -110,7 +110,7 @@ def plan_generation(
     V = c.vocab.codebook_size
     rows = batch * (2 if guidance else 1)
     Tf = tokens_per_frame(height, width)
-    P = prompt_tokens + 6  # BOS, SEP and the video header around the text
+    P = prompt_tokens + 5  # BOS, SEP and the video header around the text
     total = P + num_frames * Tf + 1
     N = height * width
 
@@ -123,7 +123,7 @@ def plan_generation(
     else:
         weights = (L * layer_params + d + 2 * c.vocab_size * d) * eb
     weights += extra_weights
-    kv_cache = 2 * L * rows * KV * (total + 1) * hd * eb
+    kv_cache = 2 * L * rows * KV * total * hd * eb  # a slot per token, VEND included
 
     def forward_peak(tokens: int) -> int:
         """Live activations inside one layer: residual, norm, the MLP's gate/up/product and

@@ -270,6 +270,13 @@ class LumosModel(nn.Module):
         model.init_buffers()
         return model.to(device).eval()
 
+    @classmethod
+    def on_meta(cls, path: str | os.PathLike) -> LumosModel:
+        """The model of a checkpoint directory on the ``meta`` device: its config and shapes,
+        no weights read (for planning)."""
+        with torch.device("meta"):
+            return cls(read_config(Path(path))).eval()
+
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Save config.json + model.safetensors; ``dtype`` optionally changes the stored precision."""
         save_checkpoint(path, self.config.to_dict(), self.state_dict(), dtype)
