@@ -85,6 +85,7 @@ BAD: list[tuple[list[str], str]] = [
     (["generate", "x", "--checkpoint", "{t}/caps.txt"], "is a file"),
     # ---- generate: refused after loading the model, before generating
     (["generate", "x", "--frames", "6"], "1 + 4k"),
+    (["generate", "🎉" * 600], "at most 512 are allowed"),  # short in characters, long in tokens
     (["generate", "x", "--height", "60"], "of 8"),
     (["generate", "x", "--checkpoint", "{t}/ckpt_array_header", "--text-tokenizer", str(SHIPPED / "text_tokenizer"), "--visual-tokenizer", str(SHIPPED / "visual_tokenizer")], "cannot read weights"),
     (["generate", "x", "--checkpoint", "{t}/pipe_bad_json"], "pipeline.json"),
