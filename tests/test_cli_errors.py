@@ -10,6 +10,7 @@ of them as real ``python -m lumos.cli.main`` processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lumos import Vocabulary
 from lumos.cli.main import main
 from lumos.generation.pipeline import DEFAULT_PIPELINE_DIR
 
@@ -168,6 +170,9 @@ BAD: list[tuple[list[str], str]] = [
     (["train", "--preset", "tiny-cpu-t2i", "--set", "name=5"], "name"),
     (["train", "--preset", "tiny-cpu-t2i", "--set", "masking.min_rate=.nan"], "min"),
     (["train", "--preset", "nope"], "nope"),
+    (["train", "--preset", "tiny-cpu-t2i", "--set", "model.vocabulary={t}/bad.yaml", "--output", "o"], "not valid JSON"),
+    (["train", "--preset", "tiny-cpu-t2i", "--set", "model.vocabulary={t}/pipe_array_json/pipeline.json", "--output", "o"], "JSON object"),
+    (["train", "--preset", "tiny-cpu-t2i", "--set", "model.vocabulary={t}/vocab_text_ids.json", "--output", "o"], "integers"),
     (["train", "--config", "{t}/missing.yaml"], "does not exist"),
     (["train", "--config", "{t}/latin1.txt"], "not UTF-8"),
     (["train", "--config", "{t}/bad.yaml"], "not valid YAML"),
@@ -273,6 +278,8 @@ def inputs(root: Path) -> None:
     (root / "list_captions.jsonl").write_text('{"caption": ["a", "b"]}\n{"caption": 5}\n')
     (root / "manifest.csv").write_text("path,caption\nframe.png,a red circle\n")
     (root / "occupied").write_text("a file where a directory is expected\n")
+    vocab = {k: "many" for k in dataclasses.asdict(Vocabulary.official())}
+    (root / "vocab_text_ids.json").write_text(json.dumps(vocab))
     (root / "folder").mkdir()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "frame.png")
     _checkpoint(root, "ckpt_array_header", weights=_safetensors([1, 2, 3]))

@@ -9,6 +9,7 @@ checks as argparse ``type=`` callables, so a bad option is rejected while parsin
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import tempfile
@@ -228,6 +229,18 @@ def input_file(path: str | os.PathLike, what: str = "file") -> Path:
     if not p.is_file():
         raise LumosError(f"{what} {p} does not exist")
     return p
+
+
+def read_json_object(path: str | os.PathLike, what: str = "file") -> dict:
+    """The JSON object (a mapping) stored in an existing UTF-8 file."""
+    text = read_text(path, what)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LumosError(f"{what} {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise LumosError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:

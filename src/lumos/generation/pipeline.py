@@ -70,12 +70,7 @@ class PipelineDefaults:
         value or an unknown key is a one-line error."""
         if not path.is_file():
             return cls()
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise LumosError(f"{path} is not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise LumosError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        data = validate.read_json_object(path, "pipeline defaults")
         validate.known_keys(str(path), data, [f.name for f in dataclasses.fields(cls)])
         defaults = cls(**data)
         try:

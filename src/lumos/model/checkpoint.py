@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lumos import validate
 from lumos.atomic import atomic_dir
 from lumos.errors import LumosError
 from lumos.model.config import LumosConfig
@@ -36,12 +37,7 @@ def read_config(path: str | os.PathLike) -> LumosConfig:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise LumosError(f"{path} has no config.json; is it a Lumos checkpoint directory?")
-    try:
-        data = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LumosError(f"{cfg_file} is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise LumosError(f"{cfg_file} must hold a JSON object, got {type(data).__name__}")
+    data = validate.read_json_object(cfg_file, "model config")
     try:
         return LumosConfig.from_dict(data)
     except LumosError as err:

@@ -137,10 +137,11 @@ def resolve_vocabulary(spec: str, shards: Sequence[str]) -> Vocabulary:
         raise LumosError(
             f"model.vocabulary {spec!r} is neither official, tiny, data nor a JSON file"
         )
+    data = validate.read_json_object(path, "model.vocabulary")
     try:
-        return Vocabulary.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as err:
-        raise LumosError(f"{path} is not valid JSON ({err})") from None
+        return Vocabulary.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise LumosError(f"model.vocabulary {path}: ids must be integers ({err})") from None
 
 
 def build_model(cfg: ModelConfig, shards: Sequence[str] = ()) -> LumosModel:
