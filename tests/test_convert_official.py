@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from lumos.cli.main import main
 from lumos.data.buckets import PRESET_MAX_GRIDS, resolution_buckets
@@ -114,13 +115,16 @@ def test_bf16_generation_on_cpu(pipeline_dir):
 
 def test_bf16_conversion_from_chameleon_tokenizer(released, tmp_path):
     """--dtype bf16 re-casts the weights; a plain Chameleon tokenizer.json gets the video
-    tokens; a single-file checkpoint stays a single file."""
+    tokens; a single-file checkpoint stays a single file (--skip-check: no probe run)."""
     single = write_official_checkpoint(tmp_path / "single")
     chameleon = write_chameleon_tokenizer(tmp_path / "tokenizer.json")
     out = tmp_path / "pipe"
-    args = convert_args(released, out, checkpoint=single, text=chameleon) + ["--dtype", "bf16"]
+    args = convert_args(released, out, checkpoint=single, text=chameleon)
+    args += ["--dtype", "bf16", "--skip-check"]
     assert main(args) == 0
     assert (out / "transformer" / "model.safetensors").is_file()
+    with safe_open(out / "visual_tokenizer" / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118
     assert json.loads((out / "transformer" / "config.json").read_text())["torch_dtype"] == (
         "bfloat16"
     )
@@ -138,9 +142,17 @@ def test_one_line_errors(released, tmp_path, capsys):
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
     out = tmp_path / "out"
-    # visual range of the vocabulary vs the tokenizer's codebook size
+    # visual range of the vocabulary vs the Cosmos codebook and the text tokenizer's codes
     small = write_official_checkpoint(tmp_path / "small-vocab", vocab_size=65536 + 4096)
-    fails(convert_args(released, out, checkpoint=small), "4096 visual ids [65536, 69632)")
+    chameleon = write_chameleon_tokenizer(tmp_path / "chameleon.json")
+    fails(
+        convert_args(released, out, checkpoint=small, text=chameleon),
+        "vocabulary has 4096 visual ids [65536, 69632) but the Cosmos tokenizer has 64000 codes",
+    )
+    fails(
+        convert_args(released, out, checkpoint=small),
+        "video tokens up to code 63999 but the checkpoint's vocabulary has 4096 visual ids",
+    )
     # a tokenizer without (all) the video tokens
     partial = write_lumos_text_tokenizer(tmp_path / "partial.json", drop=1)
     fails(convert_args(released, out, text=partial), "63999 video tokens, not 64000")

@@ -134,6 +134,7 @@ def convert_official(
     defaults = official_defaults(resolution)
     vocab = read_config(checkpoint).vocab
     _check_transformer(checkpoint)
+    text = build_official_text_tokenizer(text_tokenizer, vocab)
     with atomic_directory(out) as tmp:
         visual = convert_cosmos(
             cosmos,
@@ -150,7 +151,7 @@ def convert_official(
                 f"an official Lumos-1 checkpoint has vocab_size "
                 f"{vocab.visual_offset + visual.codebook_size}"
             )
-        build_official_text_tokenizer(text_tokenizer, vocab).save(tmp / "text_tokenizer")
+        text.save(tmp / "text_tokenizer")
         _copy_transformer(checkpoint, tmp / "transformer", dtype)
         (tmp / "pipeline.json").write_text(
             json.dumps(dataclasses.asdict(defaults), indent=1) + "\n"

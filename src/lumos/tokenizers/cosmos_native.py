@@ -398,8 +398,8 @@ class Decoder(nn.Module):
 class CosmosVideoTokenizer(VisualTokenizer):
     """Cosmos discrete video tokenizer (``encode``/``decode`` as in :class:`VisualTokenizer`).
 
-    Runs in the dtype and on the device of its weights (``.to(device, dtype)``); FSQ always
-    rounds in float32, outputs are float32. ``chunk_frames`` latent frames are processed at a
+    Runs in the dtype and on the device of its weights (``.to(device, dtype)``; inputs are
+    moved there, results stay there); FSQ always rounds in float32, outputs are float32. ``chunk_frames`` latent frames are processed at a
     time (None or 0: the whole clip at once); the result does not depend on it.
     """
 
@@ -420,6 +420,10 @@ class CosmosVideoTokenizer(VisualTokenizer):
     def dtype(self) -> torch.dtype:
         return self.quant_conv.conv3d.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.quant_conv.conv3d.weight.device
+
     def _chunks(self, t: int) -> list[tuple[int, int]]:
         """Half-open latent frame ranges covering ``0 .. t``."""
         step = self.chunk_frames or t
@@ -430,10 +434,11 @@ class CosmosVideoTokenizer(VisualTokenizer):
         b, _, frames, h, w = video.shape
         t = 1 + (frames - 1) // tc
         sc = self.spatial_compression
-        indices = torch.empty(b, t, h // sc, w // sc, dtype=torch.int64, device=video.device)
+        indices = torch.empty(b, t, h // sc, w // sc, dtype=torch.int64, device=self.device)
         cache: Cache = {}
         for s, e in self._chunks(t):
-            rgb = video[:, :, max(0, 1 + tc * (s - 1)) : 1 + tc * (e - 1)].to(self.dtype)
+            rgb = video[:, :, max(0, 1 + tc * (s - 1)) : 1 + tc * (e - 1)]
+            rgb = rgb.to(self.device, self.dtype)
             z = self.quant_conv(self.encoder(haar_patch(rgb, p, first=s == 0), cache))
             codes = self.fsq(z.float().movedim(1, -1))
             indices[:, s:e] = self.fsq.codes_to_indices(codes)
@@ -442,8 +447,9 @@ class CosmosVideoTokenizer(VisualTokenizer):
     def _decode(self, indices: torch.Tensor) -> torch.Tensor:
         p, tc, sc = self.config.patch_size, self.temporal_compression, self.spatial_compression
         b, t, h, w = indices.shape
+        indices = indices.to(self.device)
         video = torch.empty(
-            b, self.config.out_channels, 1 + tc * (t - 1), sc * h, sc * w, device=indices.device
+            b, self.config.out_channels, 1 + tc * (t - 1), sc * h, sc * w, device=self.device
         )
         cache: Cache = {}
         for s, e in self._chunks(t):

@@ -129,15 +129,22 @@ def build_official_text_tokenizer(
                 "was trained with)"
             )
     video = {t: i for t, i in ids.items() if _video_index(t) is not None}
+    if video and max(_video_index(t) for t in video) >= count:
+        start, stop = vocab.visual_range
+        raise LumosError(
+            f"{path} has video tokens up to code {max(_video_index(t) for t in video)} but the "
+            f"checkpoint's vocabulary has {count} visual ids [{start}, {stop}); they do not "
+            "belong together"
+        )
     if not video:  # plain Chameleon: add the video tokens (docs/design.md, "Tokenizers")
         added += [_video_entry(i, offset) for i in range(count)]
     else:
         for token, tid in video.items():
             index = _video_index(token)
-            if token != video_token(index) or tid != offset + index or index >= count:
+            if token != video_token(index) or tid != offset + index:
                 raise LumosError(
                     f"{path}: video token {token} has id {tid}, expected "
-                    f"{offset + index} (= {offset} + code {index}, codes 0..{count - 1})"
+                    f"{offset + index} (= {offset} + code {index})"
                 )
         if len(video) != count:
             raise LumosError(
