@@ -9,6 +9,8 @@ be single modules without a self-edge.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import lumos
@@ -111,3 +113,13 @@ def test_no_import_cycles():
     graph = import_graph(modules)
     found = cycles(graph)
     assert not found, "\n".join(describe(c, graph, modules) for c in found)
+
+
+def test_parsing_a_training_config_does_not_import_the_model():
+    code = (
+        "import sys, lumos.training.config\n"
+        "print(sorted(m for m in ('lumos.model.transformer', 'lumos.training.objective') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
