@@ -437,6 +437,35 @@ def test_failed_run_keeps_earlier_output(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_refusals_midway_are_one_line(tmp_path, capsys, monkeypatch):
+    """What the system refuses after the checks passed (a write, an allocation) is still one
+    line and exit 2; the command's other errors are untouched."""
+    out = tmp_path / "w"
+    (out / "0000.gif").mkdir(parents=True)  # the first file's name is taken by a directory
+    assert main(["world", "--n", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lumos world: error: ") and "0000.gif" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["0000.gif"]  # no temporaries left
+
+    from lumos.generation.pipeline import LumosPipeline
+
+    def too_big(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 8741346304 bytes.")
+
+    monkeypatch.setattr(LumosPipeline, "__call__", too_big)
+    assert main(["generate", "a red circle", "--out", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of memory" in err[0] and "--batch-size" in err[0]
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a programming error")
+
+    monkeypatch.setattr(LumosPipeline, "__call__", bug)
+    with pytest.raises(RuntimeError, match="programming error"):  # bugs keep their traceback
+        main(["generate", "a red circle", "--out", str(tmp_path / "v.mp4")])
+
+
 def test_stale_temporaries_are_removed_by_the_next_write(tmp_path, capsys):
     """A writer killed mid-encode leaves ``.<name>.<pid>-<hex>.tmp<suffix>``; the next write in
     that directory removes it (a live writer's temporary is kept)."""

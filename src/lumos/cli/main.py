@@ -35,6 +35,12 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says an allocation failed (CPU allocator, CUDA, or Python)."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "out of memory" in text or "can't allocate" in text
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage block) and exit status 2."""
 
@@ -103,6 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except LumosError as err:
         print(f"lumos {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # refused by the system midway: disk full, permissions, ...
+        path = err.filename2 or err.filename  # a rename names its target second
+        where = f": {path}" if path else ""
+        print(f"lumos {args.command}: error: {err.strerror or one_line(err)}{where}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
+        print(
+            f"lumos {args.command}: error: out of memory ({one_line(err)[:160]}); ask for "
+            "less at once (smaller sizes, fewer frames or prompts, a smaller --batch-size)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"lumos {args.command}: interrupted", file=sys.stderr)
