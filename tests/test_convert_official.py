@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from lumos.cli.main import main
 from lumos.data.buckets import PRESET_MAX_GRIDS, resolution_buckets
@@ -180,4 +181,14 @@ def test_pipeline_rejects_tokenizer_without_video_tokens(pipeline_dir, tmp_path)
     shutil.copytree(pipeline_dir, broken)
     write_chameleon_tokenizer(broken / "text_tokenizer" / "tokenizer.json")
     with pytest.raises(LumosError, match="video token VIDVIDAZ .* is missing"):
+        LumosPipeline.from_pretrained(broken)
+
+
+def test_pipeline_rejects_visual_tokenizer_without_decoder(pipeline_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(pipeline_dir, broken)
+    weights = broken / "visual_tokenizer" / "model.safetensors"
+    state = {k: v for k, v in load_file(weights).items() if not k.startswith("decoder.")}
+    save_file(state, weights)
+    with pytest.raises(LumosError, match=r"does not match .*: \d+ missing weights in decoder \("):
         LumosPipeline.from_pretrained(broken)

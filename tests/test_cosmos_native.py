@@ -1,6 +1,7 @@
 """Native Cosmos-Tokenizer-DV4x8x8: parity with the official network (narrow fixture traced
 from NVIDIA's code), conversion through ``lumos convert-cosmos``, bf16, chunked decoding."""
 
+import json
 import shutil
 
 import pytest
@@ -231,3 +232,19 @@ def test_convert_errors(tmp_path, converted, capsys):
     with pytest.raises(LumosError, match="lacks decoder.jit"):
         convert_cosmos(half, out, allow_torchscript=True)
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_loading_errors(converted, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(converted, bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps(config | {"channels": 8}))
+    with pytest.raises(LumosError, match="size mismatch for encoder.conv_in.0.conv3d.weight"):
+        load_visual_tokenizer(bad)
+    (bad / "config.json").write_text(json.dumps(config | {"colour": 1}))
+    with pytest.raises(LumosError, match=r"unknown fields \['colour'\]"):
+        load_visual_tokenizer(bad)
+    (bad / "model.safetensors").unlink()
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LumosError, match="model.safetensors is missing; run lumos convert-cosmos"):
+        load_visual_tokenizer(bad)

@@ -511,9 +511,19 @@ class CosmosVideoTokenizer(VisualTokenizer):
             raise LumosError(f"cannot read {weights_path}: {err}") from err
         state = {k: v.to(dtype or torch.float32) for k, v in state.items()}
         try:
-            model.load_state_dict(state, assign=True)
-        except RuntimeError as err:
-            raise LumosError(
-                f"{weights_path} does not match {config_path}: {str(err).splitlines()[0]}"
-            ) from err
+            result = model.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as err:  # wrong shapes: one "size mismatch for <key>: ..." line each
+            lines = [line.strip() for line in str(err).splitlines() if "mismatch" in line]
+            detail = lines[0] if lines else str(err).strip().splitlines()[0]
+            raise LumosError(f"{weights_path} does not match {config_path}: {detail}") from None
+        for kind, keys in (
+            ("missing", result.missing_keys),
+            ("unexpected", result.unexpected_keys),
+        ):
+            if keys:
+                parts = sorted({k.split(".")[0] for k in keys})
+                raise LumosError(
+                    f"{weights_path} does not match {config_path}: {len(keys)} {kind} weights "
+                    f"in {', '.join(parts)} (e.g. {keys[0]}); convert the tokenizer again"
+                )
         return model.eval()
