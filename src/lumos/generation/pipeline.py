@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,7 +26,7 @@ import torch
 
 from lumos import validate
 from lumos.errors import LumosError
-from lumos.generation.generate import GenerationConfig, generate
+from lumos.generation.generate import GenerationConfig, generate, generate_frames
 from lumos.generation.planner import GenerationPlan, plan_request
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
@@ -118,6 +118,16 @@ class PipelineDefaults:
 
 
 @dataclass
+class StreamedFrames:
+    """What ``LumosPipeline.stream`` yields per latent frame (given frames: one item first)."""
+
+    frames: np.ndarray  # uint8 [B, n, H, W, 3]: the new RGB frames (1 for latent frame 0, else tc)
+    latent_frame: int  # index of the (first) latent frame these frames decode
+    codes: torch.Tensor  # [B, t_new, h, w] latent codes of these frames
+    fps: int
+
+
+@dataclass
 class PipelineOutput:
     frames: np.ndarray  # uint8 [B, T, H, W, 3]
     codes: torch.Tensor  # [B, t, h, w] latent codes
@@ -167,7 +177,9 @@ class LumosPipeline:
         if not root.exists():
             raise LumosError(f"checkpoint path {root} does not exist")
         if not root.is_dir():
-            raise LumosError(f"checkpoint path {root} is a file; give a pipeline or model directory")
+            raise LumosError(
+                f"checkpoint path {root} is a file; give a pipeline or model directory"
+            )
         model_dir = root / "transformer" if (root / "transformer").is_dir() else root
         if path is None and not (model_dir / "config.json").is_file():
             raise LumosError(
@@ -235,15 +247,98 @@ class LumosPipeline:
         temperature: float = 1.0,
         sample_temperature: float = 1.0,
         top_k: int | None = None,
+        official_temperature: bool = False,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
     ) -> PipelineOutput:
         """Generate one video per prompt. ``image`` (uint8 [H, W, 3] or [B, H, W, 3], already
         at ``height`` x ``width``) makes it image-to-video; ``num_frames=1`` is text-to-image.
         ``temperature`` scales the noise on the confidences that choose which tokens to keep;
-        ``sample_temperature`` and ``top_k`` shape the token sampling itself. ``compile`` runs
-        the step compiled with ``torch.compile`` (fixed shapes; the first call compiles, at most
-        two graphs per request shape)."""
+        ``official_temperature`` replaces its per-frame annealing by the official code's running
+        product (noise in the first generated frame only; docs/design.md, "Differences from the
+        official code"). ``sample_temperature`` and ``top_k`` shape the token sampling itself.
+        ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
+        compiles, at most two graphs per request shape)."""
+        request = self._request(
+            prompt, num_frames, height, width, num_inference_steps, guidance_scale,
+            history_mask_ratio, image, temperature, sample_temperature, top_k,
+            official_temperature,
+        )  # fmt: skip
+        out = generate(
+            self.model, **request, generator=generator, callback=callback, compile=compile
+        )
+        video = self.visual_tokenizer.decode(out.codes)  # [B, 3, T, H, W] in [-1, 1]
+        return PipelineOutput(video_to_frames(video), out.codes, request["fps"])
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: str | Sequence[str],
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        history_mask_ratio: float | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        image: np.ndarray | torch.Tensor | None = None,
+        temperature: float = 1.0,
+        sample_temperature: float = 1.0,
+        top_k: int | None = None,
+        official_temperature: bool = False,
+        callback: Callable[[int, int, int, int], None] | None = None,
+        compile: bool = False,
+    ) -> Iterator[StreamedFrames]:
+        """Like ``__call__``, but yields the RGB frames of each latent frame as soon as it is
+        generated and decoded (given frames first). Each latent frame is decoded from the
+        fewest earlier latent frames the tokenizer's causal decoder reads
+        (``VisualTokenizer.decode_last``), so the concatenated frames equal ``__call__``'s
+        output for the same seeds. Inputs are checked before the first frame is made."""
+        request = self._request(
+            prompt, num_frames, height, width, num_inference_steps, guidance_scale,
+            history_mask_ratio, image, temperature, sample_temperature, top_k,
+            official_temperature,
+        )  # fmt: skip
+        frames = generate_frames(
+            self.model, **request, generator=generator, callback=callback, compile=compile
+        )
+        return self._stream(frames, request)
+
+    def _stream(self, frames: Iterator, request: dict) -> Iterator[StreamedFrames]:
+        given = request["given_frames"]
+        B, t = len(request["text_ids"]), request["num_frames"]
+        device = self.model.lm_head.weight.device
+        codes = torch.zeros(B, t, request["height"], request["width"], dtype=torch.long)
+        codes = codes.to(device)
+        done = 0
+        if given is not None:
+            done = given.shape[1]
+            codes[:, :done] = given.to(device)
+            video = self.visual_tokenizer.decode(codes[:, :done])
+            yield StreamedFrames(video_to_frames(video), 0, codes[:, :done].cpu(), request["fps"])
+        for f, frame_codes, _ in frames:
+            codes[:, f] = frame_codes
+            video = self.visual_tokenizer.decode_last(codes[:, : f + 1])
+            yield StreamedFrames(
+                video_to_frames(video), f, codes[:, f : f + 1].cpu(), request["fps"]
+            )
+
+    def _request(
+        self,
+        prompt: str | Sequence[str],
+        num_frames: int | None,
+        height: int | None,
+        width: int | None,
+        num_inference_steps: int | None,
+        guidance_scale: float | None,
+        history_mask_ratio: float | None,
+        image: np.ndarray | torch.Tensor | None,
+        temperature: float,
+        sample_temperature: float,
+        top_k: int | None,
+        official_temperature: bool,
+    ) -> dict:
+        """Check a request and turn it into the keyword arguments of ``generate``."""
         d = self.defaults
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -275,23 +370,12 @@ class LumosPipeline:
             temperature=temperature,
             sample_temperature=sample_temperature,
             top_k=top_k,
+            official_temperature=official_temperature,
         )
-        out = generate(
-            self.model,
-            text_ids,
-            t,
-            h,
-            w,
-            duration=duration,
-            fps=fps,
-            given_frames=given,
-            config=config,
-            generator=generator,
-            callback=callback,
-            compile=compile,
-        )
-        video = self.visual_tokenizer.decode(out.codes)  # [B, 3, T, H, W] in [-1, 1]
-        return PipelineOutput(video_to_frames(video), out.codes, fps)
+        return dict(
+            text_ids=text_ids, num_frames=t, height=h, width=w, duration=duration, fps=fps,
+            given_frames=given, config=config,
+        )  # fmt: skip
 
     def plan(
         self,

@@ -246,6 +246,12 @@ class CausalVideoTokenizer(VisualTokenizer):
         """Differentiable round trip: RGB [B, 3, T, H, W] -> reconstruction, same shape."""
         return self.reconstruct(self.quantize(video))
 
+    @property
+    def decode_context(self) -> int:
+        """Each causal convolution of the decoder reaches ``time_pad`` latent frames further
+        back; GroupNorm and the refiner work per frame."""
+        return sum(m.time_pad for m in self.decoder.modules() if isinstance(m, CausalConv3d))
+
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         return self.fsq.codes_to_indices(self.quantize(video).movedim(1, -1))
 

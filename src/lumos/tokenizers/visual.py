@@ -115,6 +115,23 @@ class VisualTokenizer(nn.Module):
             )
         return self._decode(indices.to(torch.int64)).clamp(-1, 1)
 
+    @property
+    def decode_context(self) -> int | None:
+        """Earlier latent frames that the decoding of one latent frame reads (its causal
+        receptive field), or None when the decoder is not causal (every frame reads all)."""
+        return None
+
+    @torch.no_grad()
+    def decode_last(self, indices: torch.Tensor) -> torch.Tensor:
+        """RGB frames [B, 3, n, H, W] of the LAST latent frame of ``indices`` [B, t, h, w]
+        (n = 1 when t == 1, else ``temporal_compression``): the same frames as the tail of
+        ``decode(indices)``, decoding only the latent frames in :attr:`decode_context`."""
+        t = indices.shape[1]
+        ctx = self.decode_context
+        start = 0 if ctx is None else max(0, t - 1 - ctx)
+        n = 1 if t == 1 else self.temporal_compression
+        return self.decode(indices[:, start:])[:, :, -n:]
+
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
