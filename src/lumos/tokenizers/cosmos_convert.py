@@ -10,7 +10,6 @@ probe checks that the native network reproduces the TorchScript decoder and enco
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import uuid
@@ -22,7 +21,7 @@ import torch
 
 from lumos.errors import LumosError
 from lumos.tokenizers.cosmos import load_torchscript
-from lumos.tokenizers.cosmos_native import CosmosConfig, CosmosVideoTokenizer
+from lumos.tokenizers.cosmos_native import CosmosConfig, CosmosVideoTokenizer, load_weights
 
 # Prefixes of the released state dicts that hold weights (the rest are derived buffers:
 # Haar filters, FSQ levels/basis and implicit codebook).
@@ -188,14 +187,8 @@ def convert_cosmos(
     config = infer_config(state, _levels(enc_state, dec_state, src), src)
     native = CosmosVideoTokenizer(config)
     source_dtype = state["quant_conv.conv3d.weight"].dtype
-    try:
-        native.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as err:
-        raise LumosError(
-            f"{src}: weights do not fit the network their shapes imply: {str(err).splitlines()[0]}"
-        ) from None
-    if native.codebook_size != math.prod(config.levels):
-        raise LumosError(f"{src}: inconsistent FSQ codebook")
+    weights = {k: v.float() for k, v in state.items()}
+    load_weights(native, weights, f"{src}: the weights do not fit the network their shapes imply")
     if check:
         _check(native, encoder, decoder, source_dtype, src)
     with atomic_directory(out) as tmp:

@@ -395,6 +395,20 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------- tokenizer
 
 
+def load_weights(model: nn.Module, state: dict, problem: str, assign: bool = False) -> None:
+    """``model.load_state_dict(state)`` with a one-line error starting with ``problem`` that
+    names the first wrong shape, or how many weights are missing/unexpected and where."""
+    try:
+        result = model.load_state_dict(state, strict=False, assign=assign)
+    except RuntimeError as err:  # wrong shapes: one "size mismatch for <key>: ..." line each
+        lines = [line.strip() for line in str(err).splitlines() if "mismatch" in line]
+        raise LumosError(f"{problem}: {lines[0] if lines else str(err).strip()}") from None
+    for kind, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)):
+        if keys:
+            parts = ", ".join(sorted({k.split(".")[0] for k in keys}))
+            raise LumosError(f"{problem}: {len(keys)} {kind} weights in {parts} (e.g. {keys[0]})")
+
+
 class CosmosVideoTokenizer(VisualTokenizer):
     """Cosmos discrete video tokenizer (``encode``/``decode`` as in :class:`VisualTokenizer`).
 
@@ -510,20 +524,5 @@ class CosmosVideoTokenizer(VisualTokenizer):
         except (SafetensorError, OSError) as err:
             raise LumosError(f"cannot read {weights_path}: {err}") from err
         state = {k: v.to(dtype or torch.float32) for k, v in state.items()}
-        try:
-            result = model.load_state_dict(state, strict=False, assign=True)
-        except RuntimeError as err:  # wrong shapes: one "size mismatch for <key>: ..." line each
-            lines = [line.strip() for line in str(err).splitlines() if "mismatch" in line]
-            detail = lines[0] if lines else str(err).strip().splitlines()[0]
-            raise LumosError(f"{weights_path} does not match {config_path}: {detail}") from None
-        for kind, keys in (
-            ("missing", result.missing_keys),
-            ("unexpected", result.unexpected_keys),
-        ):
-            if keys:
-                parts = sorted({k.split(".")[0] for k in keys})
-                raise LumosError(
-                    f"{weights_path} does not match {config_path}: {len(keys)} {kind} weights "
-                    f"in {', '.join(parts)} (e.g. {keys[0]}); convert the tokenizer again"
-                )
+        load_weights(model, state, f"{weights_path} does not match {config_path}", assign=True)
         return model.eval()
