@@ -61,6 +61,33 @@ def test_sampling_options_reach_the_sampler(pipe):
     assert not torch.equal(codes(1, top_k=1).codes, codes(2, top_k=1).codes)
 
 
+def test_official_temperature_reaches_the_scheduler(pipe, tmp_path, monkeypatch):
+    """``official_temperature`` (pipeline argument, ``--official-temperature`` of lumos
+    generate) arrives in GenerationConfig and changes the samples."""
+    from lumos.generation.generate import GenerationConfig
+
+    seen = []
+    scheduler = GenerationConfig.scheduler
+
+    def spy(self):
+        seen.append(self.official_temperature)
+        return scheduler(self)
+
+    monkeypatch.setattr(GenerationConfig, "scheduler", spy)
+    kw = dict(num_frames=9, height=48, width=40, num_inference_steps=3)
+
+    def codes(**extra):
+        return pipe("a red circle", generator=torch.Generator().manual_seed(4), **kw, **extra).codes
+
+    official, standard = codes(official_temperature=True), codes()
+    assert seen == [True, False]
+    assert not torch.equal(official, standard)
+    argv = ["generate", "a red circle", "--random-init", "--frames", "5", "--steps", "2"]
+    assert main([*argv, "--official-temperature", "--out", str(tmp_path / "a.png")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b.png")]) == 0
+    assert seen[2:] == [True, False]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

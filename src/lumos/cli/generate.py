@@ -123,6 +123,12 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--top-k", type=validate.int_arg(1), help="sample among the k likeliest tokens (all)"
     )
+    g.add_argument(
+        "--official-temperature",
+        action="store_true",
+        help="the official code's running-product noise decay (no noise after the first "
+        "frame) instead of annealing --temperature afresh in every frame",
+    )
 
 
 def sampling_kwargs(args: argparse.Namespace, defaults: PipelineDefaults, num_frames: int) -> dict:
@@ -141,6 +147,7 @@ def sampling_kwargs(args: argparse.Namespace, defaults: PipelineDefaults, num_fr
         "temperature": args.temperature,
         "sample_temperature": args.sample_temperature,
         "top_k": args.top_k,
+        "official_temperature": args.official_temperature,
     }
 
 

@@ -129,7 +129,7 @@ class StreamedFrames:
 
 @dataclass
 class PipelineOutput:
-    frames: np.ndarray  # uint8 [B, T, H, W, 3]
+    frames: np.ndarray | None  # uint8 [B, T, H, W, 3]; None when called with decode=False
     codes: torch.Tensor  # [B, t, h, w] latent codes
     fps: int
 
@@ -250,6 +250,7 @@ class LumosPipeline:
         official_temperature: bool = False,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
+        decode: bool = True,
     ) -> PipelineOutput:
         """Generate one video per prompt. ``image`` (uint8 [H, W, 3] or [B, H, W, 3], already
         at ``height`` x ``width``) makes it image-to-video; ``num_frames=1`` is text-to-image.
@@ -258,7 +259,8 @@ class LumosPipeline:
         product (noise in the first generated frame only; docs/design.md, "Differences from the
         official code"). ``sample_temperature`` and ``top_k`` shape the token sampling itself.
         ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
-        compiles, at most two graphs per request shape)."""
+        compiles, at most two graphs per request shape). ``decode=False`` skips the visual
+        decoder: ``frames`` is None (:meth:`decode` turns codes into frames later)."""
         request = self._request(
             prompt, num_frames, height, width, num_inference_steps, guidance_scale,
             history_mask_ratio, image, temperature, sample_temperature, top_k,
@@ -267,8 +269,12 @@ class LumosPipeline:
         out = generate(
             self.model, **request, generator=generator, callback=callback, compile=compile
         )
-        video = self.visual_tokenizer.decode(out.codes)  # [B, 3, T, H, W] in [-1, 1]
-        return PipelineOutput(video_to_frames(video), out.codes, request["fps"])
+        frames = self.decode(out.codes) if decode else None
+        return PipelineOutput(frames, out.codes, request["fps"])
+
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """uint8 RGB frames [B, T, H, W, 3] of latent codes [B, t, h, w]."""
+        return video_to_frames(self.visual_tokenizer.decode(codes))
 
     @torch.no_grad()
     def stream(
@@ -349,15 +355,7 @@ class LumosPipeline:
         num_frames, height, width = (settings[k] for k in ("num_frames", "height", "width"))
         t, h, w = self.latent_shape(num_frames, height, width)
         fps, duration = header_timing(num_frames, d.fps)
-        text_ids = [
-            self.text_tokenizer.encode(prompt_text(p, width, height, fps, duration))
-            for p in prompts
-        ]
-        if (longest := max(len(ids) for ids in text_ids)) > MAX_PROMPT_TOKENS:
-            raise LumosError(
-                f"a prompt is {longest} tokens long with its template; at most "
-                f"{MAX_PROMPT_TOKENS} are allowed"
-            )
+        text_ids = self.encode_prompts(prompts, num_frames, height, width)
         given = None
         if image is not None:
             given = self.encode_image(image, len(prompts), height, width)
@@ -376,6 +374,23 @@ class LumosPipeline:
             text_ids=text_ids, num_frames=t, height=h, width=w, duration=duration, fps=fps,
             given_frames=given, config=config,
         )  # fmt: skip
+
+    def encode_prompts(
+        self, prompts: Sequence[str], num_frames: int, height: int, width: int
+    ) -> list[list[int]]:
+        """Text ids of each prompt in its template, for ``num_frames`` RGB frames of ``height``
+        x ``width`` pixels; a prompt over ``MAX_PROMPT_TOKENS`` ids is an error."""
+        fps, duration = header_timing(num_frames, self.defaults.fps)
+        text_ids = [
+            self.text_tokenizer.encode(prompt_text(p, width, height, fps, duration))
+            for p in prompts
+        ]
+        if (longest := max(len(ids) for ids in text_ids)) > MAX_PROMPT_TOKENS:
+            raise LumosError(
+                f"a prompt is {longest} tokens long with its template; at most "
+                f"{MAX_PROMPT_TOKENS} are allowed"
+            )
+        return text_ids
 
     def plan(
         self,
@@ -436,7 +451,7 @@ def save_frames(frames: np.ndarray, path: str | Path, fps: int) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".mp4", ".gif", ".png"):
         raise LumosError(f"unsupported output format {path.suffix!r}; use .mp4, .gif or .png")
-    pattern = "%" in path.name
+    pattern = "%" in path.name and path.suffix.lower() == ".png"  # a video name's % is text
     if path.suffix.lower() == ".png" and len(frames) > 1 and not pattern:
         frames = np.concatenate(list(frames), axis=1)
     write_video(path, frames, fps)
