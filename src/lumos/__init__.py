@@ -12,18 +12,35 @@ from typing import TYPE_CHECKING, Any
 from lumos.errors import LumosError
 
 if TYPE_CHECKING:
+    from lumos.generation.generate import GenerationConfig
+    from lumos.generation.pipeline import LumosPipeline, save_frames
     from lumos.model.config import LumosConfig
     from lumos.model.transformer import LumosModel, LumosOutput
     from lumos.sequence.vocab import Vocabulary
+    from lumos.tokenizers import load_visual_tokenizer
 
 _LAZY = {
+    "GenerationConfig": "lumos.generation.generate",
+    "LumosPipeline": "lumos.generation.pipeline",
+    "save_frames": "lumos.generation.pipeline",
+    "load_visual_tokenizer": "lumos.tokenizers",
     "LumosConfig": "lumos.model.config",
     "LumosModel": "lumos.model.transformer",
     "LumosOutput": "lumos.model.transformer",
     "Vocabulary": "lumos.sequence.vocab",
 }
 
-__all__ = ["LumosConfig", "LumosError", "LumosModel", "LumosOutput", "Vocabulary"]
+__all__ = [
+    "GenerationConfig",
+    "LumosConfig",
+    "LumosError",
+    "LumosModel",
+    "LumosOutput",
+    "LumosPipeline",
+    "Vocabulary",
+    "load_visual_tokenizer",
+    "save_frames",
+]
 __version__ = "0.1.0"
 
 

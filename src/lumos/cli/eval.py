@@ -10,7 +10,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lumos import validate
-from lumos.cli.generate import FRAMES_ARG, SIDE_ARG, add_sampling_args, sampling_kwargs
+from lumos.cli.generate import (
+    FRAMES_ARG,
+    SIDE_ARG,
+    add_placement_args,
+    add_sampling_args,
+    sampling_kwargs,
+)
 from lumos.errors import LumosError
 from lumos.evaluation.evaluate import MAX_CASES
 
@@ -28,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="pipeline directory (default: shipped model)")
     p.add_argument("--random-init", action="store_true", help="evaluate an untrained model")
     p.add_argument(
-        "--n", type=validate.int_arg(1, MAX_CASES), default=100, help="prompts per group (default 100)"
+        "--n",
+        type=validate.int_arg(1, MAX_CASES),
+        default=100,
+        help="prompts per group (default 100)",
     )
     p.add_argument("--groups", default="t2v_heldin,t2v_heldout,t2i,i2v_heldout")
     p.add_argument(
@@ -41,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=validate.int_arg(0, MAX_SEED), default=0)
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory")
     add_sampling_args(p)
+    add_placement_args(p)
     p.set_defaults(func=run)
 
 
@@ -53,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         format_table,
         write_report,
     )
-    from lumos.generation.pipeline import LumosPipeline
+    from lumos.generation.pipeline import LumosPipeline, placement
 
     groups = tuple(g for g in args.groups.split(",") if g)
     unknown = [g for g in groups if g not in GROUPS]
@@ -62,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
     report_path = validate.output_path(args.out / "report.json", "file", what="--out")
     sheet_path = validate.output_path(args.out / "contact_sheet.png", "file", what="--out")
     pipe = (
-        LumosPipeline.random_init(args.seed)
+        LumosPipeline.random_init(args.seed).to(*placement(args.device, args.dtype))
         if args.random_init
-        else LumosPipeline.from_pretrained(args.checkpoint)
+        else LumosPipeline.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
     )
     d = pipe.defaults
     size = d.resolve(num_frames=args.frames, height=args.height, width=args.width)

@@ -61,23 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"prompts generated together (default {DEFAULT_BATCH}); more prompts run in turns",
     )
     p.add_argument("--image", type=Path, help="first frame for image-to-video (png, jpg, video)")
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="pipeline or model directory (default: the model shipped with lumos)",
-    )
-    p.add_argument("--text-tokenizer", type=Path, help="tokenizer.json for a bare model dir")
-    p.add_argument("--visual-tokenizer", type=Path, help="visual tokenizer dir for a bare model")
-    p.add_argument(
-        "--trust-torchscript",
-        action="store_true",
-        help="allow loading a Cosmos TorchScript tokenizer (runs its code)",
-    )
-    p.add_argument(
-        "--random-init",
-        action="store_true",
-        help="use an untrained, randomly initialised tiny model (output is noise)",
-    )
+    add_model_args(p)
     p.add_argument(
         "--threads", type=validate.THREADS_ARG, help="CPU threads (default: the model's setting)"
     )
@@ -101,6 +85,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="refuse a request whose estimated peak memory (GiB) exceeds this, before loading",
     )
     p.set_defaults(func=run)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model options read by :func:`load_pipeline` (shared by ``lumos generate`` and
+    ``lumos sample``)."""
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="pipeline or model directory (default: the model shipped with lumos)",
+    )
+    p.add_argument("--text-tokenizer", type=Path, help="tokenizer.json for a bare model dir")
+    p.add_argument("--visual-tokenizer", type=Path, help="visual tokenizer dir for a bare model")
+    p.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="allow loading a Cosmos TorchScript tokenizer (runs its code)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="use an untrained, randomly initialised tiny model (output is noise)",
+    )
+    add_placement_args(p)
+
+
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` / ``--dtype`` (see ``lumos.generation.pipeline.placement``)."""
+    p.add_argument(
+        "--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        help="weights and compute precision (default: bf16 on cuda, fp32 on cpu)",
+    )
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -241,13 +260,15 @@ def domain_warning(prompts: list[str], domain: str | None) -> str | None:
 
 
 def load_pipeline(args: argparse.Namespace):
-    from lumos.generation.pipeline import LumosPipeline
+    from lumos.generation.pipeline import LumosPipeline, placement
 
+    device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
     if args.random_init:
-        return LumosPipeline.random_init(args.seed)
+        return LumosPipeline.random_init(args.seed).to(*placement(device, dtype))
     return LumosPipeline.from_pretrained(
-        args.checkpoint, args.text_tokenizer, args.visual_tokenizer, args.trust_torchscript
-    )
+        args.checkpoint, args.text_tokenizer, args.visual_tokenizer, args.trust_torchscript,
+        device=device, dtype=dtype,
+    )  # fmt: skip
 
 
 def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:

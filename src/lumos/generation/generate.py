@@ -50,7 +50,7 @@ class GenerationConfig:
     top_k: int | None = None  # sample among the k most likely codes only
     official_temperature: bool = False  # reproduce the official running-product noise decay
     schedule: str = "cosine"  # masking-ratio schedule of the steps (sequence/masking.py)
-    chunk_size: int = 64  # grid positions whose logits are materialised at once
+    chunk_size: int = 256  # grid positions whose logits are materialised at once
     fixed_shapes: bool = False  # score every grid position each step (always on when compiled)
 
     def validate(self) -> None:

@@ -117,6 +117,34 @@ class PipelineDefaults:
             validate.choice("prompt_domain", self.prompt_domain, [WORLD_PROMPT_DOMAIN, None])
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def placement(
+    device: str | torch.device | None, dtype: torch.dtype | str | None
+) -> tuple[torch.device, torch.dtype]:
+    """Resolve a device and a dtype (``"fp32"``/``"bf16"``/``"fp16"`` or a torch dtype). Left
+    None: CUDA when available, else the CPU; bfloat16 on CUDA, float32 elsewhere (the CPU has
+    no fast bfloat16 matmul)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise LumosError(f"unknown device {device!r} ({err}); e.g. cpu, cuda, cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LumosError(f"device {device} asked for, but PyTorch sees no CUDA device here")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise LumosError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise LumosError(f"dtype {dtype} is not supported; choose one of {list(DTYPES)}")
+    return device, dtype
+
+
 @dataclass
 class StreamedFrames:
     """What ``LumosPipeline.stream`` yields per latent frame (given frames: one item first)."""
@@ -168,11 +196,16 @@ class LumosPipeline:
         visual_tokenizer: str | Path | None = None,
         allow_torchscript: bool = False,
         weights: bool = True,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> LumosPipeline:
         """Load a pipeline directory (None = the model shipped with lumos), or a bare model
         checkpoint directory together with ``text_tokenizer``/``visual_tokenizer`` paths.
+        Weights load straight onto ``device`` in ``dtype`` (defaults: CUDA in bfloat16 when a
+        GPU is present, else the CPU in float32; see :func:`placement`).
         ``weights=False`` builds the transformer on the ``meta`` device without reading its
         weights (enough for :meth:`plan`, not for generating)."""
+        device, dtype = placement(device, dtype)
         root = Path(path) if path is not None else DEFAULT_PIPELINE_DIR
         if not root.exists():
             raise LumosError(f"checkpoint path {root} does not exist")
@@ -198,12 +231,33 @@ class LumosPipeline:
                 f"visual tokenizer {visual_path} not found; give a pipeline directory (or, for a "
                 "bare model directory, the visual tokenizer: lumos generate --visual-tokenizer)"
             )
+        model = (
+            LumosModel.from_pretrained(model_dir, dtype=dtype, device=device)
+            if weights
+            else LumosModel.on_meta(model_dir)
+        )
         return cls(
-            LumosModel.from_pretrained(model_dir) if weights else LumosModel.on_meta(model_dir),
+            model,
             TextTokenizer.from_file(text_path),
-            load_visual_tokenizer(visual_path, allow_torchscript=allow_torchscript),
+            load_visual_tokenizer(visual_path, allow_torchscript, device=device, dtype=dtype),
             PipelineDefaults.load(root / "pipeline.json"),
         )
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None
+    ) -> LumosPipeline:
+        """Move the transformer and the visual tokenizer (in place; returns the pipeline). An
+        argument left None keeps the current setting."""
+        weight = self.model.lm_head.weight
+        device = torch.device(device) if device is not None else weight.device
+        dtype = placement(device, dtype)[1] if dtype is not None else weight.dtype
+        self.model.to(device=device, dtype=dtype)
+        self.visual_tokenizer.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
 
     @classmethod
     def random_init(cls, seed: int = 0) -> LumosPipeline:
@@ -274,7 +328,9 @@ class LumosPipeline:
 
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """uint8 RGB frames [B, T, H, W, 3] of latent codes [B, t, h, w]."""
-        return video_to_frames(self.visual_tokenizer.decode(codes))
+        return video_to_frames(
+            self.visual_tokenizer.decode(codes.to(self._tokenizer_placement()[0]))
+        )
 
     @torch.no_grad()
     def stream(
@@ -320,11 +376,12 @@ class LumosPipeline:
         if given is not None:
             done = given.shape[1]
             codes[:, :done] = given.to(device)
-            video = self.visual_tokenizer.decode(codes[:, :done])
+            video = self.visual_tokenizer.decode(codes[:, :done].to(self._tokenizer_placement()[0]))
             yield StreamedFrames(video_to_frames(video), 0, codes[:, :done].cpu(), request["fps"])
         for f, frame_codes, _ in frames:
             codes[:, f] = frame_codes
-            video = self.visual_tokenizer.decode_last(codes[:, : f + 1])
+            window = codes[:, : f + 1].to(self._tokenizer_placement()[0])
+            video = self.visual_tokenizer.decode_last(window)
             yield StreamedFrames(
                 video_to_frames(video), f, codes[:, f : f + 1].cpu(), request["fps"]
             )
@@ -436,7 +493,14 @@ class LumosPipeline:
                 f"image is {x.shape[2]}x{x.shape[1]} pixels but the video is {width}x{height}; "
                 "resize it first (lumos.data.video_io.resize_crop)"
             )
-        return self.visual_tokenizer.encode(frames_to_video(x[:, None]))  # [B, 3, 1, H, W]
+        device, dtype = self._tokenizer_placement()
+        video = frames_to_video(x[:, None]).to(device=device, dtype=dtype)  # [B, 3, 1, H, W]
+        return self.visual_tokenizer.encode(video)
+
+    def _tokenizer_placement(self) -> tuple[torch.device, torch.dtype]:
+        """Device and dtype of the visual tokenizer's weights (the CPU for TorchScript)."""
+        p = next(self.visual_tokenizer.parameters(), None)
+        return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
 def save_frames(frames: np.ndarray, path: str | Path, fps: int) -> Path:

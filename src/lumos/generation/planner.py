@@ -92,7 +92,7 @@ def plan_generation(
     guidance: bool,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
-    chunk_size: int = 64,
+    chunk_size: int = 256,
     fixed_shapes: bool = False,
     weights_mapped: bool = False,
     decode_bytes: int | None = None,

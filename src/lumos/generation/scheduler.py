@@ -75,7 +75,7 @@ class MaskGITScheduler:
         official_temperature: bool = False,
         sample_temperature: float = 1.0,
         top_k: int | None = None,
-        chunk_size: int = 64,
+        chunk_size: int = 256,
     ) -> None:
         if schedule not in SCHEDULES:
             raise LumosError(f"mask schedule {schedule!r} unknown; choose one of {list(SCHEDULES)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lumos import validate
 from lumos.atomic import atomic_dir
@@ -83,12 +83,9 @@ SAFETENSORS_DTYPES = {
 }
 
 
-def map_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file backed by a private (copy-on-write) memory map.
-
-    Pages are read only when touched, so weights a job never reads (the text rows of the
-    head during generation, unused embedding rows) cost no memory.
-    """
+def safetensors_entries(file: Path) -> dict[str, tuple[torch.dtype, list[int], int]]:
+    """``name -> (dtype, shape, byte offset in the file)`` of a safetensors file, checked
+    (every tensor inside the file, aligned, of the size its shape and dtype imply)."""
     size = file.stat().st_size
     with open(file, "rb") as f:
         header_len = struct.unpack("<Q", f.read(8))[0]
@@ -100,8 +97,7 @@ def map_safetensors(file: Path) -> dict[str, torch.Tensor]:
     ):
         raise ValueError("the header is not a JSON object of tensor entries")
     header.pop("__metadata__", None)
-    storage = torch.UntypedStorage.from_file(str(file), False, size)
-    tensors = {}
+    entries = {}
     for name, info in header.items():
         dtype = SAFETENSORS_DTYPES[info["dtype"]]
         begin, end = info["data_offsets"]
@@ -111,18 +107,61 @@ def map_safetensors(file: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"tensor {name} does not fit its data range")
         if offset % dtype.itemsize:
             raise ValueError("misaligned tensor data")
+        entries[name] = (dtype, list(info["shape"]), offset)
+    return entries
+
+
+def map_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file backed by a private (copy-on-write) memory map.
+
+    Pages are read only when touched, so weights a job never reads (the text rows of the
+    head during generation, unused embedding rows) cost no memory.
+    """
+    entries = safetensors_entries(file)
+    storage = torch.UntypedStorage.from_file(str(file), False, file.stat().st_size)
+    tensors = {}
+    for name, (dtype, shape, offset) in entries.items():
         t = torch.empty(0, dtype=dtype)
-        tensors[name] = t.set_(storage, offset // dtype.itemsize, info["shape"])
+        tensors[name] = t.set_(storage, offset // dtype.itemsize, shape)
     return tensors
 
 
-def read_state_dict(path: Path, mmap: bool = True) -> dict[str, torch.Tensor]:
-    """Every model tensor of the checkpoint at ``path`` (ignored prefixes dropped), unchecked;
-    with ``mmap`` nothing is read from disk until touched."""
+def stream_safetensors(
+    file: Path, dtype: torch.dtype | None, device: torch.device | str
+) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file read one at a time (plain reads, no memory map) and put
+    on ``device`` in ``dtype`` (floating-point tensors only; None keeps the stored dtype) as
+    they come: host memory holds the result plus one tensor as stored, never the whole file."""
+    tensors = {}
+    with open(file, "rb") as f:
+        for name, (stored, shape, offset) in safetensors_entries(file).items():
+            buf = bytearray(math.prod(shape) * stored.itemsize)
+            f.seek(offset)
+            if f.readinto(buf) != len(buf):
+                raise ValueError(f"tensor {name} is truncated")
+            t = (
+                torch.frombuffer(buf, dtype=stored).view(shape)
+                if buf
+                else torch.empty(shape, dtype=stored)
+            )
+            target = dtype if dtype is not None and t.is_floating_point() else stored
+            tensors[name] = t.to(device=device, dtype=target)
+    return tensors
+
+
+def read_state_dict(
+    path: Path,
+    mmap: bool = True,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Every model tensor of the checkpoint at ``path`` (ignored prefixes dropped), unchecked.
+    With ``mmap`` (CPU, stored dtype kept) nothing is read from disk until touched; otherwise
+    tensors are read one by one straight into ``dtype`` on ``device``."""
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         try:
-            tensors = map_safetensors(file) if mmap else load_file(file)
+            tensors = map_safetensors(file) if mmap else stream_safetensors(file, dtype, device)
         except (SafetensorError, OSError, ValueError, KeyError, TypeError, struct.error) as err:
             raise LumosError(
                 f"cannot read weights {file}: {err} (corrupt or truncated file?)"
@@ -139,10 +178,17 @@ def read_weights(
     mmap: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors, checked against the ``shapes`` a model expects (one-line
-    errors on missing, unexpected or mis-shaped keys) and cast to ``dtype``. Without a ``dtype``,
-    floating-point weights become float32 on CPU (no fast bf16/fp16 matmul there). With ``mmap``
-    (CPU only) untouched tensors stay memory-mapped, so peak memory is what the job touches."""
-    state = read_state_dict(path, mmap=mmap and str(device) == "cpu")
+    errors on missing, unexpected or mis-shaped keys), on ``device`` in ``dtype``. Without a
+    ``dtype``, floating-point weights become float32 on CPU (no fast bf16/fp16 matmul there) and
+    keep their stored dtype elsewhere. With ``mmap``, CPU weights stored in the target dtype stay
+    memory-mapped (peak memory is what the job touches); others are read tensor by tensor into
+    the target dtype on the target device (no full-size detour through the host)."""
+    on_cpu = torch.device(device).type == "cpu"
+    if dtype is None and on_cpu:
+        dtype = torch.float32  # no fast bf16/fp16 matmul on the CPU
+    stored = {t.dtype for t in read_state_dict(path, mmap=True).values() if t.is_floating_point()}
+    keep = mmap and on_cpu and stored <= {dtype}  # mapped as stored: no conversion needed
+    state = read_state_dict(path, mmap=keep, dtype=dtype, device=device)
     missing = sorted(set(shapes) - set(state))
     unexpected = sorted(set(state) - set(shapes))
     if missing or unexpected:
@@ -158,10 +204,6 @@ def read_weights(
                 f"checkpoint {path}: {k} has shape {tuple(state[k].shape)}, config implies "
                 f"{tuple(shape)}"
             )
-    if dtype is not None:
-        return {k: v.to(dtype) for k, v in state.items()}
-    if str(device) == "cpu":
-        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return state
 
 
