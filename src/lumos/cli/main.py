@@ -20,7 +20,6 @@ from lumos.errors import LumosError
 COMMANDS = [
     "generate",
     "eval",
-    "sample",
     "info",
     "tokenizer",
     "text_tokenizer",
