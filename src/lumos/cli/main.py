@@ -20,6 +20,7 @@ from lumos.errors import LumosError
 COMMANDS = [
     "generate",
     "eval",
+    "sample",
     "info",
     "tokenizer",
     "text_tokenizer",
