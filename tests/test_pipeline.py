@@ -217,3 +217,22 @@ def test_every_config_rejects_unknown_keys_and_lists_the_known_ones(tmp_path):
         Vocabulary.from_dict(vocab)
     with pytest.raises(LumosError, match=r"unknown keys \['lr'\]; known: .*optim"):
         TrainConfig.from_dict({"lr": 1e-3})
+
+
+def test_fps_conditions_the_model_and_the_output():
+    """``fps`` is written into the prompt and the video header (duration = whole seconds of the
+    clip at that rate, as in the official code) and is the output's frame rate."""
+    from lumos.generation.pipeline import DEFAULT_PIPELINE_DIR
+
+    pipe = LumosPipeline.from_pretrained(DEFAULT_PIPELINE_DIR)
+    seen = []
+    real = pipe.text_tokenizer.encode
+    pipe.text_tokenizer.encode = lambda text: seen.append(text) or real(text)
+    out = pipe("a red circle moves up", num_frames=25, num_inference_steps=1, fps=12,
+               decode=False, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert out.fps == 12 and "consisting of 24 frames at 12 frames per second" in seen[-1]
+    request = pipe._request("a red circle moves up", 25, None, None, 1, None, None, None,
+                            1.0, 1.0, None, False, 12)  # fmt: skip
+    assert (request["fps"], request["duration"]) == (12, 2)
+    assert pipe._request("x y", 25, None, None, 1, None, None, None, 1.0, 1.0, None, False,
+                         4)["duration"] == 6  # fmt: skip

@@ -66,7 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads", type=validate.THREADS_ARG, help="CPU threads (default: the model's setting)"
     )
     p.add_argument(
-        "--fps", type=FPS_ARG, help="frame rate of the written file (default: the model's)"
+        "--fps",
+        type=FPS_ARG,
+        help="frame rate the model is conditioned on and the file is written at (default: the "
+        "model's)",
     )
     p.add_argument(
         "--compile",
@@ -276,7 +279,6 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
     will not fit, naming what to lower. Only configs and the visual tokenizer are loaded."""
     from lumos.generation.pipeline import LumosPipeline
     from lumos.generation.planner import GiB
-    from lumos.sequence.layout import prompt_text
 
     if args.random_init:
         pipe = LumosPipeline.random_init(args.seed)
@@ -291,10 +293,10 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
     )
     sampling = sampling_kwargs(args, d, size["num_frames"])
     batch = min(len(prompts), args.batch_size)
-    longest = max(
-        len(pipe.text_tokenizer.encode(prompt_text(p, size["width"], size["height"], d.fps, 1)))
-        for p in prompts
+    text_ids = pipe.encode_prompts(
+        prompts, size["num_frames"], size["height"], size["width"], args.fps
     )
+    longest = max(len(ids) for ids in text_ids)
     plan = pipe.plan(
         batch, size["num_frames"], size["height"], size["width"],
         sampling["num_inference_steps"], sampling["guidance_scale"], longest,
@@ -371,13 +373,14 @@ def run(args: argparse.Namespace) -> int:
             image=image,
             callback=lambda *_: bar.update(1),
             compile=args.compile,
+            fps=args.fps,
             **sampling,
         )
         if warning:  # shown once the request has passed every check: errors stay one line
             print(warning, file=sys.stderr)
             warning = None
         for video, i in zip(out.frames, chunk, strict=True):
-            print(save_frames(video, paths[i], out.fps if args.fps is None else args.fps))
+            print(save_frames(video, paths[i], out.fps))
     bar.close()
     if pipe.label:
         print(f"note: generated with a {pipe.label} model", file=sys.stderr)

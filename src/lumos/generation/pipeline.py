@@ -302,6 +302,7 @@ class LumosPipeline:
         sample_temperature: float = 1.0,
         top_k: int | None = None,
         official_temperature: bool = False,
+        fps: int | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
         decode: bool = True,
@@ -312,13 +313,15 @@ class LumosPipeline:
         ``official_temperature`` replaces its per-frame annealing by the official code's running
         product (noise in the first generated frame only; docs/design.md, "Differences from the
         official code"). ``sample_temperature`` and ``top_k`` shape the token sampling itself.
-        ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
+        ``fps`` is the frame rate the model is conditioned on (prompt and header; the clip's
+        duration in seconds follows from ``num_frames`` and ``fps`` as in the official code)
+        and the rate of the output (default: pipeline.json's). ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
         compiles, at most two graphs per request shape). ``decode=False`` skips the visual
         decoder: ``frames`` is None (:meth:`decode` turns codes into frames later)."""
         request = self._request(
             prompt, num_frames, height, width, num_inference_steps, guidance_scale,
             history_mask_ratio, image, temperature, sample_temperature, top_k,
-            official_temperature,
+            official_temperature, fps,
         )  # fmt: skip
         out = generate(
             self.model, **request, generator=generator, callback=callback, compile=compile
@@ -348,6 +351,7 @@ class LumosPipeline:
         sample_temperature: float = 1.0,
         top_k: int | None = None,
         official_temperature: bool = False,
+        fps: int | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
     ) -> Iterator[StreamedFrames]:
@@ -359,7 +363,7 @@ class LumosPipeline:
         request = self._request(
             prompt, num_frames, height, width, num_inference_steps, guidance_scale,
             history_mask_ratio, image, temperature, sample_temperature, top_k,
-            official_temperature,
+            official_temperature, fps,
         )  # fmt: skip
         frames = generate_frames(
             self.model, **request, generator=generator, callback=callback, compile=compile
@@ -400,6 +404,7 @@ class LumosPipeline:
         sample_temperature: float,
         top_k: int | None,
         official_temperature: bool,
+        fps: int | None = None,
     ) -> dict:
         """Check a request and turn it into the keyword arguments of ``generate``."""
         d = self.defaults
@@ -411,8 +416,10 @@ class LumosPipeline:
         )
         num_frames, height, width = (settings[k] for k in ("num_frames", "height", "width"))
         t, h, w = self.latent_shape(num_frames, height, width)
-        fps, duration = header_timing(num_frames, d.fps)
-        text_ids = self.encode_prompts(prompts, num_frames, height, width)
+        if fps is not None:
+            validate.integer("fps", fps, 1, 240)
+        fps, duration = header_timing(num_frames, d.fps if fps is None else fps)
+        text_ids = self.encode_prompts(prompts, num_frames, height, width, fps)
         given = None
         if image is not None:
             given = self.encode_image(image, len(prompts), height, width)
@@ -433,11 +440,17 @@ class LumosPipeline:
         )  # fmt: skip
 
     def encode_prompts(
-        self, prompts: Sequence[str], num_frames: int, height: int, width: int
+        self,
+        prompts: Sequence[str],
+        num_frames: int,
+        height: int,
+        width: int,
+        fps: int | None = None,
     ) -> list[list[int]]:
         """Text ids of each prompt in its template, for ``num_frames`` RGB frames of ``height``
-        x ``width`` pixels; a prompt over ``MAX_PROMPT_TOKENS`` ids is an error."""
-        fps, duration = header_timing(num_frames, self.defaults.fps)
+        x ``width`` pixels at ``fps`` (default: pipeline.json's); a prompt over
+        ``MAX_PROMPT_TOKENS`` ids is an error."""
+        fps, duration = header_timing(num_frames, self.defaults.fps if fps is None else fps)
         text_ids = [
             self.text_tokenizer.encode(prompt_text(p, width, height, fps, duration))
             for p in prompts
