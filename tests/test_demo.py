@@ -162,8 +162,8 @@ def server(tmp_path_factory):
         "demo",
         "--port",
         str(port),
-        "--max-frames",
-        "33",
+        "--queue-size",
+        "2",
     ]
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -205,6 +205,23 @@ def test_api_generate(server, tmp_path):
         client.predict("a red circle", 1000, 64, 64, 16, 3.0, 0, api_name="/generate")
 
 
+def test_queue_is_bounded(server, tmp_path):
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    client = Client(server, verbose=False, download_files=str(tmp_path))
+    running = client.submit("a red circle", 17, 64, 64, 40, 3.0, 0, api_name="/generate")
+    wait_for(None, lambda: running.status().code == Status.PROCESSING, 30)
+    waiting = [client.submit("a red circle", 1, 64, 64, 1, 3.0, 0, api_name="/generate")
+               for _ in range(2)]  # fmt: skip
+    refused = client.submit("a red circle", 1, 64, 64, 1, 3.0, 0, api_name="/generate")
+    with pytest.raises(Exception, match="Queue is full"):
+        refused.result(timeout=30)
+    assert not running.done()  # refused while the first still ran
+    for job in [running, *waiting]:  # the queued ones are served in turn
+        assert read_video(job.result(timeout=60))[0].shape[1:] == (64, 64, 3)
+
+
 # ---- the page in a real browser ----------------------------------------------------------------
 
 
@@ -233,6 +250,8 @@ def wait_for(driver, condition, timeout: float):
         if value := condition():
             return value
         time.sleep(0.05)
+    if driver is None:
+        raise AssertionError("timed out")
     raise AssertionError(f"timed out; page status: {status(driver)!r}; page: {page_text(driver)}")
 
 
