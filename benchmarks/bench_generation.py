@@ -109,7 +109,10 @@ def run_variant(args) -> dict:
     once()
     seconds = time.perf_counter() - t
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the FLOP count
+    import lumos
+
     result = {"seconds_per_frame": seconds / frames, "seconds": seconds, "peak_rss": peak_rss}
+    result["source"] = lumos.__file__
     if gpu:
         result["peak_gpu_memory"] = torch.cuda.max_memory_allocated()
         result["sdpa"] = sdpa_kernels(once)
@@ -229,6 +232,9 @@ def main() -> None:
         print(f"{name:<24}{s:>9.2f}{rss / 1e9:>9.2f}G{flops}{frac}{ratio}{mem}")
     if "lumos" in results:
         print(f"lumos SDPA kernels: {results['lumos'][0].get('sdpa') or 'n/a'}")
+    for name, rows in results.items():
+        if "source" in rows[0]:
+            print(f"{name}: {rows[0]['source']}")
     print(f"rounds: {len(results.get('lumos', []))} (medians)"
           + (", official and lumos alternating" if base_name else ""))  # fmt: skip
 
