@@ -71,6 +71,8 @@ def test_uploads(pipe, tmp_path):
     write_video(image, rng.integers(0, 256, (1, 48, 100, 3), dtype=np.uint8), 1)
     req = app.check("a red circle", 9, 64, 80, 4, 3.0, upload=str(image), mode="image-to-video")
     assert req.kwargs["image"].shape == (64, 80, 3) and req.kwargs["image"].dtype == np.uint8
+    made = [e[1] for e in app.run(req) if e[0] == "frames"]  # the given frame comes first
+    assert [f.shape for f in made] == [(1, 64, 80, 3), (4, 64, 80, 3), (4, 64, 80, 3)]
     text = tmp_path / "notes.png"  # an image by its name only
     text.write_text("not an image\n")
     with pytest.raises(LumosError, match="notes.png is not an image or video"):
@@ -146,15 +148,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """``lumos demo`` on a free port, with its own TMPDIR and working directory; on teardown
-    it is stopped with SIGTERM and must have left nothing in either."""
+    """``lumos demo`` on a free port, with its own TMPDIR, HOME and working directory; on
+    teardown it is stopped with SIGTERM and must have left nothing in any of them."""
     pytest.importorskip("gradio")
     root = tmp_path_factory.mktemp("demo")
-    tmp, cwd = root / "tmp", root / "cwd"
-    tmp.mkdir()
-    cwd.mkdir()
+    tmp, cwd, home = root / "tmp", root / "cwd", root / "home"
+    for folder in (tmp, cwd, home):
+        folder.mkdir()
     port = free_port()
-    env = dict(os.environ, TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, TMPDIR=str(tmp), HOME=str(home), PYTHONUNBUFFERED="1")
     cmd = [
         sys.executable,
         "-m",
@@ -187,6 +189,7 @@ def server(tmp_path_factory):
     assert proc.wait(30) == 0, "".join(lines)
     assert not list(tmp.iterdir()), list(tmp.rglob("*"))  # its temporary directory is gone
     assert not list(cwd.iterdir()), list(cwd.rglob("*"))
+    assert not list(home.iterdir()), list(home.rglob("*"))
     assert "Traceback" not in "".join(lines), "".join(lines)
 
 
@@ -214,6 +217,8 @@ def test_queue_is_bounded(server, tmp_path):
     wait_for(None, lambda: running.status().code == Status.PROCESSING, 30)
     waiting = [client.submit("a red circle", 1, 64, 64, 1, 3.0, 0, api_name="/generate")
                for _ in range(2)]  # fmt: skip
+    for job in waiting:
+        wait_for(None, lambda job=job: job.status().code == Status.IN_QUEUE, 30)
     refused = client.submit("a red circle", 1, 64, 64, 1, 3.0, 0, api_name="/generate")
     with pytest.raises(Exception, match="Queue is full"):
         refused.result(timeout=30)

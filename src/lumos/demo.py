@@ -373,8 +373,9 @@ def build(app: DemoApp, queue_size: int = 8):
                     cancel_btn = gr.Button("Cancel", elem_id="cancel")
             with gr.Column():
                 status = gr.Markdown("Ready.", elem_id="status")
-                live = gr.Image(label="Frames so far (each latent frame as it is finished)", format="png", interactive=False,
-                                height=200, elem_id="live")  # fmt: skip
+                live = gr.Image(label="Frames so far (each latent frame as it is finished)",
+                                format="png", interactive=False, height=200,
+                                elem_id="live")  # fmt: skip
                 video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True,
                                  height=320, elem_id="video")  # fmt: skip
                 download = gr.File(label="Download (GIF, or PNG for an image)", interactive=False)
