@@ -350,7 +350,7 @@ def build(app: DemoApp, queue_size: int = 8):
                 gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt])
                 upload = gr.File(
                     label=f"Start image or video for image-to-video (at most {lim.max_upload_mb} MB)",
-                    file_types=["image", "video"], height=120, elem_id="upload",
+                    file_types=["image", "video"], height=150, elem_id="upload",
                 )  # fmt: skip
                 with gr.Row():
                     frames = gr.Number(d.num_frames, label=f"Frames (1 + 4k, at most "
