@@ -274,9 +274,11 @@ def set_value(driver, selector: str, value: str) -> None:
     box.send_keys(value)
 
 
-def generate(driver, prompt: str, frames: int = 9, steps: int = 16) -> None:
+def generate(driver, prompt: str, frames: int = 9, steps: int = 16, side: int = 64) -> None:
     set_value(driver, "#prompt textarea", prompt)
     set_value(driver, "#frames input", str(frames))
+    set_value(driver, "#height input", str(side))
+    set_value(driver, "#width input", str(side))
     set_value(driver, "#steps input[type=number]", str(steps))
     driver.find_element("css selector", "#generate").click()
 
@@ -342,11 +344,16 @@ def test_browser_bad_input_then_next_request(browser, tmp_path):
 
 def test_browser_cancel_frees_the_queue(browser):
     browser.execute_script(WATCH)
-    generate(browser, "a yellow star moves down", frames=33, steps=50)  # ~20 s of work
+    t0 = time.perf_counter()
+    generate(browser, "a yellow star moves down", frames=33, steps=50, side=128)
     wait_for(browser, lambda: browser.execute_script("return window.seen.live"), 30)
+    first = time.perf_counter() - t0  # one latent frame of the nine asked for
     browser.find_element("css selector", "#cancel").click()
     wait_for(browser, lambda: status(browser) == "Cancelled.", 10)
     t0 = time.perf_counter()
     generate(browser, "a red circle moves to the left")
-    wait_for(browser, lambda: status(browser).startswith("Done"), 30)
-    print(f"after cancel: next request done in {time.perf_counter() - t0:.1f} s")
+    wait_for(browser, lambda: status(browser).startswith("Done"), 60)
+    after = time.perf_counter() - t0
+    print(f"cancel: first latent frame after {first:.1f} s; next request done in {after:.1f} s")
+    # Had the cancelled run gone on, the next one would wait for its 8 other latent frames.
+    assert after < 4 * first + 5
