@@ -135,6 +135,8 @@ def test_cli_errors(capsys):
     assert main(["demo", "--checkpoint", "/nonexistent/lumos"]) == 2
     assert "checkpoint path /nonexistent/lumos does not exist" in capsys.readouterr().err
     assert main(["demo", "--port", "70000"]) == 2
+    assert main(["demo", "--device", "tpu:x"]) == 2
+    assert "unknown device 'tpu:x'" in capsys.readouterr().err
 
 
 # ---- the served app ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from lumos.errors import LumosError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from lumos.cli.generate import add_placement_args
     from lumos.demo import Limits
 
     lim = Limits()
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow loading a Cosmos TorchScript tokenizer (runs its code)",
     )
+    add_placement_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument(
         "--port", type=validate.int_arg(1, 65535), help="port (default: 7860 or the next free)"
@@ -74,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("gradio") is None:
         raise LumosError('the demo needs Gradio; install it with pip install -e ".[demo]"')
-    pipe = LumosPipeline.from_pretrained(args.checkpoint, allow_torchscript=args.trust_torchscript)
+    pipe = LumosPipeline.from_pretrained(
+        args.checkpoint, allow_torchscript=args.trust_torchscript, device=args.device,
+        dtype=args.dtype,
+    )  # fmt: skip
     threads = args.threads if args.threads is not None else pipe.defaults.num_threads
     if threads:
         torch.set_num_threads(threads)
