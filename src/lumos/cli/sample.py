@@ -282,6 +282,36 @@ def check_manifests(out: Path, settings: dict) -> bool:
     return found
 
 
+def pending_outputs(
+    out: Path,
+    outputs: list[Output],
+    settings: dict,
+    metadata: dict[int, str],
+    inputs: list[Path | None],
+) -> list[Output]:
+    """The ``outputs`` not yet in ``out``, once ``out`` is known to hold only this run's
+    files: its manifests have these ``settings``, files of these names come with a manifest,
+    GenEval ``metadata`` files (by prompt index) hold their prompt's line, and no output
+    would replace one of the ``inputs``."""
+    resumed = check_manifests(out, settings)
+    pending = [o for o in outputs if not (out / o.path).exists()]
+    if len(pending) < len(outputs) and not resumed:
+        there = next(o for o in outputs if (out / o.path).exists())
+        raise LumosError(
+            f"--out {out} holds {there.path} but no manifest of lumos sample (not this run's "
+            "output); give another --out"
+        )
+    taken = {Path(p).resolve() for p in inputs if p is not None}
+    for o in outputs:
+        if (out / o.path).resolve() in taken:
+            raise LumosError(f"output {out / o.path} would replace an input; give another --out")
+    for i, line in metadata.items():
+        path = out / f"{i:05d}" / "metadata.jsonl"
+        if path.exists() and path.read_text(encoding="utf-8") != line + "\n":
+            raise LumosError(f"{path} holds another prompt's metadata; give another --out")
+    return pending
+
+
 def run(args: argparse.Namespace) -> int:
     from lumos.generation.pipeline import save_frames
 
@@ -331,23 +361,8 @@ def run(args: argparse.Namespace) -> int:
         "dtype": str(pipe.model.lm_head.weight.dtype).removeprefix("torch."),
         **sampling,
     }
-    resumed = check_manifests(out, settings)
-    pending = [o for o in outputs if not (out / o.path).exists()]
-    if len(pending) < len(outputs) and not resumed:
-        there = next(o for o in outputs if (out / o.path).exists())
-        raise LumosError(
-            f"--out {out} holds {there.path} but no manifest of lumos sample (not this run's "
-            "output); give another --out"
-        )
-    taken = {Path(p).resolve() for p in inputs if p is not None}
-    for o in outputs:
-        if (out / o.path).resolve() in taken:
-            raise LumosError(f"output {out / o.path} would replace an input; give another --out")
     metadata = {i: prompts[i].metadata for i in part if prompts[i].metadata is not None}
-    for i, line in metadata.items():
-        path = out / f"{i:05d}" / "metadata.jsonl"
-        if path.exists() and path.read_text(encoding="utf-8") != line + "\n":
-            raise LumosError(f"{path} holds another prompt's metadata; give another --out")
+    pending = pending_outputs(out, outputs, settings, metadata, inputs)
     manifest = {
         "settings": settings,
         "prompts_file": str(args.prompts),
