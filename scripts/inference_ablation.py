@@ -42,6 +42,7 @@ GROUPS = ("t2v_heldin", "t2v_heldout", "t2i", "i2v_heldout")
 
 def command(args: argparse.Namespace, options: list[str], out: Path) -> list[str]:
     cmd = ["lumos", "eval", "--n", str(args.n), "--seed", str(args.seed), "--out", str(out)]
+    cmd += ["--batch-size", str(args.batch_size)]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     return cmd + options
@@ -91,6 +92,9 @@ def main() -> None:
     p.add_argument("--out-root", default="runs/inference-ablation")
     p.add_argument("--n", type=int, default=100, help="prompts per group")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="prompts at once (changes no result; 32)"
+    )
     p.add_argument("--checkpoint", help="pipeline directory (default: the shipped model)")
     p.add_argument("--only", nargs="+", help="these settings only, in this order")
     p.add_argument("--table", action="store_true", help="print the table of finished runs")
