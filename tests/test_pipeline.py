@@ -228,11 +228,14 @@ def test_fps_conditions_the_model_and_the_output():
     seen = []
     real = pipe.text_tokenizer.encode
     pipe.text_tokenizer.encode = lambda text: seen.append(text) or real(text)
-    out = pipe("a red circle moves up", num_frames=25, num_inference_steps=1, fps=12,
+    out = pipe("a red circle moves up", num_frames=25, num_inference_steps=1, fps=12, window=25,
                decode=False, generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.fps == 12 and "consisting of 24 frames at 12 frames per second" in seen[-1]
     request = pipe._request("a red circle moves up", 25, None, None, 1, None, None, None,
-                            1.0, 1.0, None, False, 12)  # fmt: skip
+                            1.0, 1.0, None, False, 12, 25)  # fmt: skip
     assert (request["fps"], request["duration"]) == (12, 2)
     assert pipe._request("x y", 25, None, None, 1, None, None, None, 1.0, 1.0, None, False,
-                         4)["duration"] == 6  # fmt: skip
+                         4, 25)["duration"] == 6  # fmt: skip
+    # longer than the window: conditioned as the window's clip (9 frames at 4 fps: 2 s)
+    long = pipe._request("x y", 25, None, None, 1, None, None, None, 1.0, 1.0, None, False)
+    assert (long["fps"], long["duration"], long["window"], long["num_frames"]) == (4, 2, 3, 7)

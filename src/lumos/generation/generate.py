@@ -235,12 +235,10 @@ def device_generators(generator: GeneratorArg, batch: int, device: torch.device)
         gens = list(generator)
     else:
         gens = [generator] * batch
-    if generator is None:
-        return gens
     moved: dict[int, torch.Generator] = {}
     out = []
     for g in gens:
-        if g.device != torch.device(device) and id(g) not in moved:
+        if g is not None and g.device != torch.device(device) and id(g) not in moved:
             seed = int(torch.randint(0, 2**62, (1,), generator=g))
             moved[id(g)] = torch.Generator(device).manual_seed(seed)
         out.append(moved.get(id(g), g))

@@ -26,7 +26,8 @@ import torch
 
 from lumos import validate
 from lumos.errors import LumosError
-from lumos.generation.generate import GenerationConfig, generate, generate_frames
+from lumos.generation.generate import GenerationConfig
+from lumos.generation.long_video import generate_windowed
 from lumos.generation.planner import GenerationPlan, plan_request
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
@@ -303,6 +304,9 @@ class LumosPipeline:
         top_k: int | None = None,
         official_temperature: bool = False,
         fps: int | None = None,
+        window: int | None = None,
+        segment_frames: int | None = None,
+        video: np.ndarray | torch.Tensor | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
         decode: bool = True,
@@ -321,13 +325,13 @@ class LumosPipeline:
         request = self._request(
             prompt, num_frames, height, width, num_inference_steps, guidance_scale,
             history_mask_ratio, image, temperature, sample_temperature, top_k,
-            official_temperature, fps,
+            official_temperature, fps, window, segment_frames, video,
         )  # fmt: skip
-        out = generate(
-            self.model, **request, generator=generator, callback=callback, compile=compile
-        )
-        frames = self.decode(out.codes) if decode else None
-        return PipelineOutput(frames, out.codes, request["fps"])
+        codes = torch.cat(
+            [c for c in self._codes(request, generator, callback, compile, stream=False)], 1
+        ).cpu()
+        frames = self.decode(codes) if decode else None
+        return PipelineOutput(frames, codes, request["fps"])
 
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """uint8 RGB frames [B, T, H, W, 3] of latent codes [B, t, h, w]."""
@@ -352,6 +356,9 @@ class LumosPipeline:
         top_k: int | None = None,
         official_temperature: bool = False,
         fps: int | None = None,
+        window: int | None = None,
+        segment_frames: int | None = None,
+        video: np.ndarray | torch.Tensor | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
     ) -> Iterator[StreamedFrames]:
@@ -363,32 +370,44 @@ class LumosPipeline:
         request = self._request(
             prompt, num_frames, height, width, num_inference_steps, guidance_scale,
             history_mask_ratio, image, temperature, sample_temperature, top_k,
-            official_temperature, fps,
+            official_temperature, fps, window, segment_frames, video,
         )  # fmt: skip
-        frames = generate_frames(
-            self.model, **request, generator=generator, callback=callback, compile=compile
+        return self._stream(
+            self._codes(request, generator, callback, compile, stream=True), request
         )
-        return self._stream(frames, request)
 
-    def _stream(self, frames: Iterator, request: dict) -> Iterator[StreamedFrames]:
-        given = request["given_frames"]
-        B, t = len(request["text_ids"]), request["num_frames"]
+    def _codes(
+        self, request: dict, generator, callback, compile: bool, stream: bool
+    ) -> Iterator[torch.Tensor]:
+        """Latent codes [B, t, h, w] of the request on the model's device: the given frames
+        (image, video) first, then one generated latent frame at a time."""
         device = self.model.lm_head.weight.device
-        codes = torch.zeros(B, t, request["height"], request["width"], dtype=torch.long)
-        codes = codes.to(device)
-        done = 0
+        given, history = request["given_frames"], request["history"]
         if given is not None:
-            done = given.shape[1]
-            codes[:, :done] = given.to(device)
-            video = self.visual_tokenizer.decode(codes[:, :done].to(self._tokenizer_placement()[0]))
-            yield StreamedFrames(video_to_frames(video), 0, codes[:, :done].cpu(), request["fps"])
-        for f, frame_codes, _ in frames:
-            codes[:, f] = frame_codes
-            window = codes[:, : f + 1].to(self._tokenizer_placement()[0])
-            video = self.visual_tokenizer.decode_last(window)
-            yield StreamedFrames(
-                video_to_frames(video), f, codes[:, f : f + 1].cpu(), request["fps"]
+            yield given.to(device)
+        if history is not None:
+            yield history.to(device)
+        for _, frame in generate_windowed(
+            self.model, request["segments"], request["num_frames"], request["height"],
+            request["width"], request["window"], request["duration"], request["fps"], given,
+            request["config"], generator, callback, compile, history,
+        ):  # fmt: skip
+            yield frame[:, None]
+
+    def _stream(self, chunks: Iterator[torch.Tensor], request: dict) -> Iterator[StreamedFrames]:
+        """Decode each chunk of codes as it comes: the first (given frames, or the first
+        generated frame) whole, each later latent frame from the frames its decoder reads."""
+        tok, tok_device = self.visual_tokenizer, self._tokenizer_placement()[0]
+        kept: torch.Tensor | None = None  # the latent frames later decoding still reads
+        done = 0
+        for chunk in chunks:
+            clip = (
+                chunk.to(tok_device) if kept is None else torch.cat([kept, chunk.to(tok_device)], 1)
             )
+            video = tok.decode(clip) if done == 0 else tok.decode_last(clip)
+            yield StreamedFrames(video_to_frames(video), done, chunk.cpu(), request["fps"])
+            done += chunk.shape[1]
+            kept = clip if tok.decode_context is None else clip[:, -(tok.decode_context + 1) :]
 
     def _request(
         self,
@@ -405,8 +424,11 @@ class LumosPipeline:
         top_k: int | None,
         official_temperature: bool,
         fps: int | None = None,
+        window: int | None = None,
+        segment_frames: int | None = None,
+        video: np.ndarray | torch.Tensor | None = None,
     ) -> dict:
-        """Check a request and turn it into the keyword arguments of ``generate``."""
+        """Check a request and turn it into the arguments of ``generate_windowed``."""
         d = self.defaults
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -418,13 +440,48 @@ class LumosPipeline:
         t, h, w = self.latent_shape(num_frames, height, width)
         if fps is not None:
             validate.integer("fps", fps, 1, 240)
-        fps, duration = header_timing(num_frames, d.fps if fps is None else fps)
-        text_ids = self.encode_prompts(prompts, num_frames, height, width, fps)
-        given = None
+        tc = self.visual_tokenizer.temporal_compression
+        window = d.num_frames if window is None else window
+        validate.integer("window", window, 1 + 2 * tc)
+        if (window - 1) % tc:
+            raise LumosError(
+                f"window must be 1 + {tc}k RGB frames (e.g. {1 + 2 * tc}), got {window}"
+            )
+        # The model is conditioned as it was trained: a clip of at most `window` frames.
+        context = min(num_frames, window)
+        fps, duration = header_timing(context, d.fps if fps is None else fps)
+        if segment_frames is None:
+            segments = [(0, self.encode_prompts(prompts, context, height, width, fps))]
+            batch = len(prompts)
+        else:  # a prompt schedule: the prompts are successive segments of one video
+            validate.integer("segment_frames", segment_frames, tc)
+            if segment_frames % tc:
+                raise LumosError(f"segment_frames must be a multiple of {tc}, got {segment_frames}")
+            starts = [i * segment_frames // tc for i in range(len(prompts))]
+            if starts[-1] >= t:
+                raise LumosError(
+                    f"{len(prompts)} segments of {segment_frames} frames do not fit in "
+                    f"{num_frames} frames; give more frames or fewer prompts"
+                )
+            segments = [
+                (s0, self.encode_prompts([p], context, height, width, fps))
+                for s0, p in zip(starts, prompts, strict=True)
+            ]
+            batch = 1
+        text_ids = segments[0][1]
+        given = history = None
+        if image is not None and video is not None:
+            raise LumosError("give image= (image-to-video) or video= (continuation), not both")
         if image is not None:
-            given = self.encode_image(image, len(prompts), height, width)
+            given = self.encode_image(image, batch, height, width)
             if t < 2:
                 raise LumosError("image-to-video needs num_frames > 1 (e.g. 9)")
+        if video is not None:
+            history = self.encode_video(video, batch, height, width, window)
+            if history.shape[1] >= t:
+                raise LumosError(
+                    f"the clip gives {history.shape[1]} latent frames; num_frames must add more"
+                )
         config = GenerationConfig(
             num_steps=settings["num_inference_steps"],
             guidance_scale=settings["guidance_scale"],
@@ -434,9 +491,10 @@ class LumosPipeline:
             top_k=top_k,
             official_temperature=official_temperature,
         )
+        tw = self.latent_shape(window, height, width)[0]
         return dict(
-            text_ids=text_ids, num_frames=t, height=h, width=w, duration=duration, fps=fps,
-            given_frames=given, config=config,
+            text_ids=text_ids, segments=segments, num_frames=t, height=h, width=w, window=tw,
+            duration=duration, fps=fps, given_frames=given, history=history, config=config,
         )  # fmt: skip
 
     def encode_prompts(
@@ -509,6 +567,26 @@ class LumosPipeline:
         device, dtype = self._tokenizer_placement()
         video = frames_to_video(x[:, None]).to(device=device, dtype=dtype)  # [B, 3, 1, H, W]
         return self.visual_tokenizer.encode(video)
+
+    def encode_video(
+        self, video: np.ndarray | torch.Tensor, batch: int, height: int, width: int, window: int
+    ) -> torch.Tensor:
+        """Codes [B, t, h, w] of the end of a clip (uint8 RGB [T, H, W, 3] at ``height`` x
+        ``width``) to continue from: its last ``1 + tc*k`` frames, at most ``window - tc``."""
+        x = torch.as_tensor(np.array(video))
+        if x.dim() != 4 or x.shape[-1] != 3 or x.shape[0] < 1:
+            raise LumosError(f"video must be uint8 RGB [T, H, W, 3]; got shape {tuple(x.shape)}")
+        if tuple(x.shape[1:3]) != (height, width):
+            raise LumosError(
+                f"video is {x.shape[2]}x{x.shape[1]} pixels but the output is {width}x{height}; "
+                "resize it first (lumos.data.video_io.resize_crop)"
+            )
+        tc = self.visual_tokenizer.temporal_compression
+        n = min(x.shape[0], window - tc)
+        n = 1 + (n - 1) // tc * tc
+        device, dtype = self._tokenizer_placement()
+        clip = frames_to_video(x[-n:][None]).to(device=device, dtype=dtype)  # [1, 3, n, H, W]
+        return self.visual_tokenizer.encode(clip).expand(batch, -1, -1, -1)
 
     def _tokenizer_placement(self) -> tuple[torch.device, torch.dtype]:
         """Device and dtype of the visual tokenizer's weights (the CPU for TorchScript)."""

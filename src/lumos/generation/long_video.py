@@ -1,0 +1,110 @@
+"""Videos longer than the model's context, prompt schedules and continuation, at flat cost.
+
+A sliding window (docs/design.md, "Long videos"): the model never sees more than ``window``
+latent frames at once, the length it was trained on. Each call of
+:func:`~lumos.generation.generate.generate_frames` lays out a fresh context — the prompt of the
+current segment, the kept frames (given frames always, then the most recent generated ones) as
+history-masked given frames, and the new frames — so MM-RoPE positions restart inside the
+trained range, the prompt header states the trained clip's timing, and the KV cache holds at
+most ``window`` frames: memory and time per latent frame stop growing once the window is full.
+Until then (and for a clip no longer than the window) a single call makes every frame exactly as
+``generate_frames`` does.
+
+Units: latent frames and latent tokens throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from lumos.errors import LumosError
+from lumos.generation.generate import (
+    GenerationConfig,
+    GeneratorArg,
+    StepCallback,
+    device_generators,
+    generate_frames,
+)
+from lumos.model.transformer import LumosModel
+
+Segment = tuple[int, Sequence[Sequence[int]]]  # (first latent frame, text ids of each prompt)
+
+
+def generate_windowed(
+    model: LumosModel,
+    segments: Sequence[Segment],
+    num_frames: int,
+    height: int,
+    width: int,
+    window: int,
+    duration: int,
+    fps: int,
+    given_frames: torch.Tensor | None = None,
+    config: GenerationConfig | None = None,
+    generator: GeneratorArg = None,
+    callback: StepCallback | None = None,
+    compile: bool = False,
+    history: torch.Tensor | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(f, codes [B, h, w])`` for latent frames ``t0 + th .. num_frames - 1``.
+
+    ``given_frames`` [B, t0, h, w] stay in every window (image-to-video); ``history``
+    [B, th, h, w] are frames that came before (video continuation): they slide out of the
+    window like generated ones. Frame numbers count given, then history, then new frames.
+
+    ``segments``: ``(start, text_ids)`` in increasing ``start`` order, the first at 0; frame
+    ``f`` follows the last segment starting at or before it. ``window``: latent frames the model
+    sees at once (given ones included), at least ``t0 + 2``. ``duration``/``fps``: the header
+    timing of a ``window``-frame clip (what the model was trained with)."""
+    starts = [s for s, _ in segments]
+    if not segments or starts[0] != 0 or starts != sorted(set(starts)):
+        raise LumosError("segments must start at latent frame 0 and in increasing order")
+    if any(s >= num_frames for s in starts):
+        raise LumosError(f"a segment starts at or after the last latent frame ({num_frames})")
+    B = len(segments[0][1])
+    if any(len(ids) != B for _, ids in segments):
+        raise LumosError("every segment needs one prompt per video of the batch")
+    t0 = 0 if given_frames is None else given_frames.shape[1]
+    if window < t0 + 2:
+        raise LumosError(f"window ({window}) must exceed the given frames ({t0}) by 2 or more")
+    th = 0 if history is None else history.shape[1]
+    if t0 + th >= num_frames:
+        raise LumosError(f"num_frames ({num_frames}) must exceed the given frames ({t0 + th})")
+    gens = device_generators(generator, B, model.lm_head.weight.device)
+    return _windowed(
+        model, segments, num_frames, height, width, window, duration, fps, given_frames,
+        config, gens, callback, compile, history,
+    )  # fmt: skip
+
+
+def _windowed(
+    model, segments, num_frames, height, width, window, duration, fps, given_frames, config,
+    gens, callback, compile, history,
+):  # fmt: skip
+    t0 = 0 if given_frames is None else given_frames.shape[1]
+    device = model.lm_head.weight.device
+    # frames that can slide out of the window, [B, h, w] each (device)
+    made = [] if history is None else list(history.to(device).unbind(1))
+    f = t0 + len(made)
+    while f < num_frames:
+        seg = max(i for i, (s, _) in enumerate(segments) if s <= f)
+        seg_end = segments[seg + 1][0] if seg + 1 < len(segments) else num_frames
+        recent = made[len(made) - min(len(made), window - 1 - t0) :]
+        context = ([given_frames.to(device)] if t0 else []) + [c[:, None] for c in recent]
+        given = torch.cat(context, 1) if context else None
+        n_given = 0 if given is None else given.shape[1]
+        new = min(window - n_given, seg_end - f, num_frames - f)
+
+        def relay(frame, step, _total, steps, offset=f - n_given):
+            if callback is not None:
+                callback(frame + offset, step, num_frames, steps)
+
+        for k, codes, _ in generate_frames(
+            model, segments[seg][1], n_given + new, height, width, duration, fps, given, config,
+            gens, relay, compile,
+        ):  # fmt: skip
+            made.append(codes)
+            yield f + k - n_given, codes
+        f += new

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+import lumos.generation.long_video as lv
+from helpers import tiny_model
+from lumos import LumosError
+from lumos.generation.generate import GenerationConfig, generate
+from lumos.generation.long_video import generate_windowed
+from lumos.generation.pipeline import LumosPipeline
+
+CFG = GenerationConfig(num_steps=3, guidance_scale=3.0)
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def windowed(model, segments, num_frames, window, **kw):
+    out = generate_windowed(model, segments, num_frames, 2, 3, window, 1, 8, config=CFG,
+                            generator=gens(len(segments[0][1])), **kw)  # fmt: skip
+    return torch.stack([c for _, c in out], 1)
+
+
+def test_a_clip_that_fits_the_window_is_plain_generation():
+    model = tiny_model()
+    prompts = [[5, 6, 7], [8]]
+    plain = generate(model, prompts, 4, 2, 3, 1, 8, None, CFG, gens(2)).codes
+    assert torch.equal(windowed(model, [(0, prompts)], 4, window=4), plain)
+
+
+def test_the_model_never_sees_more_than_the_window(monkeypatch):
+    model = tiny_model()
+    seen = []
+    real = lv.generate_frames
+
+    def spy(model, text_ids, num_frames, *args, **kw):
+        seen.append(num_frames)
+        return real(model, text_ids, num_frames, *args, **kw)
+
+    monkeypatch.setattr(lv, "generate_frames", spy)
+    codes = windowed(model, [(0, [[5, 6]])], 9, window=3)
+    assert codes.shape == (1, 9, 2, 3)
+    assert seen == [3] + [3] * 6  # the first window, then one new frame per shifted window
+    # each shifted window starts from the two latest frames, given as history
+    seen.clear()
+    given = torch.randint(0, 256, (1, 1, 2, 3))
+    codes = generate_windowed(model, [(0, [[5, 6]])], 6, 2, 3, 3, 1, 8, given, CFG, gens(1))
+    assert [f for f, _ in codes] == [1, 2, 3, 4, 5] and seen == [3, 3, 3, 3]
+
+
+def test_prompt_schedule_switches_text_at_segment_boundaries(monkeypatch):
+    model = tiny_model()
+    texts = []
+    real = lv.generate_frames
+
+    def spy(model, text_ids, *args, **kw):
+        texts.append(text_ids[0][0])
+        return real(model, text_ids, *args, **kw)
+
+    monkeypatch.setattr(lv, "generate_frames", spy)
+    windowed(model, [(0, [[5]]), (2, [[6]]), (4, [[7]])], 6, window=5)
+    assert texts == [5, 6, 7, 7]  # frames 0-1, 2-3 (window not full yet), then 4 and 5 alone
+    with pytest.raises(LumosError, match="segments"):
+        windowed(model, [(1, [[5]])], 6, window=5)
+
+
+def test_pipeline_continuation_and_schedule():
+    pipe = LumosPipeline.from_pretrained()
+    clip = pipe("a red circle moves up", num_frames=9, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(0)).frames[0]  # fmt: skip
+    out = pipe("a red circle moves up", num_frames=17, video=clip, num_inference_steps=2,
+               generator=torch.Generator().manual_seed(1))  # fmt: skip
+    history = pipe.visual_tokenizer.encode(
+        torch.as_tensor(clip[-5:]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    )  # the last 1 + 4k frames that fit the window (9 - 4 = 5)
+    assert out.frames.shape == (1, 17, 64, 64, 3)
+    assert torch.equal(out.codes[:, :2], history)
+    sched = pipe(["a red circle moves to the left", "a red circle moves to the right"],
+                 num_frames=17, segment_frames=8, num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(2))  # fmt: skip
+    assert sched.frames.shape == (1, 17, 64, 64, 3)
+    with pytest.raises(LumosError, match="segments"):
+        pipe(["a", "b", "c"], num_frames=9, segment_frames=8)
+    with pytest.raises(LumosError, match="not both"):
+        pipe("a red circle", num_frames=9, video=clip, image=clip[0])
+    assert np.isfinite(out.frames).all()
