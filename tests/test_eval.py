@@ -37,10 +37,11 @@ def test_case_sets_do_not_depend_on_other_groups_or_overlap_across_seeds():
 def test_cli_eval_writes_report_and_sheet(tmp_path, capsys):
     out = tmp_path / "ev"
     argv = ["eval", "--random-init", "--n", "1", "--steps", "1", "--top-k", "5", "--out", str(out)]
-    assert main(argv) == 0
+    assert main([*argv, "--official-temperature"]) == 0
     report = json.loads((out / "report.json").read_text())
     settings = report["settings"]
     assert settings["num_inference_steps"] == 1 and settings["top_k"] == 5
+    assert settings["official_temperature"] is True
     assert settings["guidance_scale"] == 3.0  # unset options: the model's defaults
     assert set(report["accuracy"]) == set(GROUPS) and len(report["cases"]) == 4
     assert all("color" in c["scores"] for c in report["cases"])
