@@ -334,6 +334,10 @@ def test_browser_bad_input_then_next_request(browser, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("this is not an image\n")
     browser.find_element("css selector", "label[data-testid='image-to-video-radio-label']").click()
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * (21 * 2**20))
+    browser.find_element("css selector", "#upload input[type=file]").send_keys(str(big))
+    wait_for(browser, lambda: "exceed the maximum allowed size" in page_text(browser), 20)
     browser.find_element("css selector", "#upload input[type=file]").send_keys(str(notes))
     generate(browser, "a red circle moves to the left")
     wait_for(browser, lambda: "Invalid file type" in page_text(browser), 20)
