@@ -80,8 +80,36 @@ def test_pipeline_continuation_and_schedule():
                  num_frames=17, segment_frames=8, num_inference_steps=2,
                  generator=torch.Generator().manual_seed(2))  # fmt: skip
     assert sched.frames.shape == (1, 17, 64, 64, 3)
-    with pytest.raises(LumosError, match="segments"):
+    with pytest.raises(LumosError, match="last segment starts"):
         pipe(["a", "b", "c"], num_frames=9, segment_frames=8)
+    with pytest.raises(LumosError, match="latent frames"):
+        pipe(["a", "b"], num_frames=17, segment_frames=[0, 6])
+    explicit = pipe(["a red circle moves to the left", "a red circle moves to the right"],
+                    num_frames=17, segment_frames=[0, 8], num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(2))  # fmt: skip
+    assert torch.equal(explicit.codes, sched.codes)
     with pytest.raises(LumosError, match="not both"):
         pipe("a red circle", num_frames=9, video=clip, image=clip[0])
     assert np.isfinite(out.frames).all()
+
+
+def test_cli_stream_schedule_and_continuation(tmp_path, capsys):
+    from lumos.cli.main import main
+    from lumos.data.video_io import read_video
+
+    out = tmp_path / "s.mp4"
+    assert main(["generate", "a blue square moves to the right", "--frames", "17", "--stream",
+                 "--steps", "2", "--out", str(out)]) == 0  # fmt: skip
+    pngs = sorted((tmp_path / "s_frames").glob("*.png"))
+    assert len(pngs) == 17 and len(read_video(out)[0]) == 17
+    assert "latent frame 4: frames 13-16" in capsys.readouterr().err
+    assert main(["generate", "x", "--stream", "--out", str(out)]) == 2  # frame folder exists
+    sched = tmp_path / "sched.mp4"
+    assert main(["generate", "--prompt-schedule",
+                 "0:a red circle moves to the left;8:a red circle moves to the right",
+                 "--frames", "17", "--steps", "2", "--out", str(sched)]) == 0  # fmt: skip
+    cont = tmp_path / "cont.mp4"
+    assert main(["generate", "a red circle moves up", "--video", str(sched), "--frames", "17",
+                 "--steps", "2", "--out", str(cont)]) == 0  # fmt: skip
+    assert len(read_video(cont)[0]) == 17
+    assert main(["generate", "--prompt-schedule", "0:a;6:b", "--frames", "17"]) == 2

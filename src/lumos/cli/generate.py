@@ -72,6 +72,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "model's)",
     )
     p.add_argument(
+        "--window",
+        type=FRAMES_ARG,
+        help="RGB frames the model sees at once (1 + 4k); longer videos slide it along "
+        "(default: the model's trained clip length, pipeline.json num_frames)",
+    )
+    p.add_argument(
+        "--prompt-schedule",
+        help='successive prompts of one video, "FRAME:PROMPT;FRAME:PROMPT..." (RGB start '
+        'frames: 0, then multiples of 4), e.g. "0:a red circle moves left;16:a red circle moves up"',
+    )
+    p.add_argument("--video", type=Path, help="a clip to continue (its last frames are the start)")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="write each frame as a PNG as soon as it is made (OUT_frames/), then the video",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="compile the decoding step with torch.compile (slow first call, faster steps)",
@@ -316,6 +333,53 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
         )
 
 
+def parse_schedule(text: str) -> list[tuple[int, str]]:
+    """``"0:a red circle moves left;16:a red circle moves up"`` -> [(0, ...), (16, ...)]."""
+    schedule = []
+    for part in text.split(";"):
+        frame, sep, prompt = part.partition(":")
+        if not sep or not frame.strip().isdigit() or not prompt.strip():
+            raise LumosError(
+                f"--prompt-schedule part {part.strip()!r} is not FRAME:PROMPT "
+                '(e.g. "0:a red circle moves left;16:a red circle moves up")'
+            )
+        schedule.append((int(frame), prompt.strip()))
+    return schedule
+
+
+def stream_to_pngs(pipe, request: dict, paths: list[Path], bar) -> tuple[list, int]:
+    """Generate with ``pipe.stream``: every RGB frame is written as ``<out>_frames/NNNN.png``
+    as soon as its latent frame is decoded, and reported on stderr. Returns the whole videos."""
+    import numpy as np
+    from PIL import Image
+
+    folders = [p.with_name(p.stem + "_frames") for p in paths]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    parts, written, fps = [], 0, 1
+    for chunk in pipe.stream(**request):
+        for folder, frames in zip(folders, chunk.frames, strict=True):
+            for k, frame in enumerate(frames):
+                Image.fromarray(frame).save(folder / f"{written + k:04d}.png")
+        n = chunk.frames.shape[1]
+        bar.write(
+            f"latent frame {chunk.latent_frame}: frames {written}-{written + n - 1} -> "
+            f"{folders[0]}{' ...' if len(folders) > 1 else ''}",
+            file=sys.stderr,
+        )
+        parts.append(chunk.frames)
+        written, fps = written + n, chunk.fps
+    return list(np.concatenate(parts, axis=1)), fps
+
+
+def load_clip(path: Path, width: int, height: int):
+    """A clip to continue, as uint8 RGB [T, H, W, 3] at the output size."""
+    from lumos.data.video_io import read_video, resize_crop
+
+    frames, _ = read_video(path)
+    return resize_crop(frames, (width, height))
+
+
 def load_image(path: Path, width: int, height: int):
     from lumos.data.video_io import read_video, resize_crop
 
@@ -326,6 +390,11 @@ def load_image(path: Path, width: int, height: int):
 def run(args: argparse.Namespace) -> int:
     from lumos.generation.pipeline import save_frames
 
+    schedule = parse_schedule(args.prompt_schedule) if args.prompt_schedule else None
+    if schedule is not None:
+        if args.prompts or args.prompts_file:
+            raise LumosError("--prompt-schedule gives the prompts; give no other prompt")
+        args.prompts = [" / ".join(p for _, p in schedule)]  # names the output file
     prompts = read_prompts(args)
     if args.seed + len(prompts) - 1 > validate.MAX_SEED:
         raise LumosError(f"--seed + number of prompts must stay <= {validate.MAX_SEED}")
@@ -334,11 +403,20 @@ def run(args: argparse.Namespace) -> int:
         raise LumosError("--t2i and --image exclude each other")
     if args.image is not None:
         validate.input_file(args.image, "--image")
+    if args.video is not None:
+        validate.input_file(args.video, "--video")
+        if args.image is not None or args.t2i:
+            raise LumosError("--video (continuation) excludes --image and --t2i")
     if args.dry_run or args.max_memory is not None:
         check_memory(args, prompts)
         if args.dry_run:
             return 0
     paths = output_paths(args, prompts, fmt)
+    if args.stream:  # the frame folders are outputs too: never reuse one
+        for path in paths:
+            folder = path.with_name(path.stem + "_frames")
+            if folder.exists():
+                raise LumosError(f"{folder} exists; --stream writes its frames there (move it)")
     pipe = load_pipeline(args)
     d = pipe.defaults
     threads = args.threads if args.threads is not None else d.num_threads
@@ -351,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
     pipe.latent_shape(frames, height, width)  # validate before any work
     warning = domain_warning(prompts, d.prompt_domain)
     image = load_image(args.image, width, height) if args.image else None
+    video = load_clip(args.video, width, height) if args.video else None
     sampling = sampling_kwargs(args, d, frames)
     steps = sampling["num_inference_steps"]
     latent_frames = pipe.latent_shape(frames, height, width)[0] - (1 if image is not None else 0)
@@ -364,23 +443,31 @@ def run(args: argparse.Namespace) -> int:
     # Prompt i always uses seed + i, so the batching does not change any output.
     for start in range(0, len(prompts), args.batch_size):
         chunk = range(start, min(start + args.batch_size, len(prompts)))
-        out = pipe(
-            [prompts[i] for i in chunk],
+        request = dict(
+            prompt=[p for _, p in schedule] if schedule else [prompts[i] for i in chunk],
+            segment_frames=[r for r, _ in schedule] if schedule else None,
             num_frames=frames,
             height=height,
             width=width,
             generator=[torch.Generator().manual_seed(args.seed + i) for i in chunk],
             image=image,
+            video=video,
+            window=args.window,
             callback=lambda *_: bar.update(1),
             compile=args.compile,
             fps=args.fps,
             **sampling,
         )
+        if args.stream:
+            videos, fps = stream_to_pngs(pipe, request, [paths[i] for i in chunk], bar)
+        else:
+            out = pipe(**request)
+            videos, fps = out.frames, out.fps
         if warning:  # shown once the request has passed every check: errors stay one line
             print(warning, file=sys.stderr)
             warning = None
-        for video, i in zip(out.frames, chunk, strict=True):
-            print(save_frames(video, paths[i], out.fps))
+        for frames_i, i in zip(videos, chunk, strict=True):
+            print(save_frames(frames_i, paths[i], fps))
     bar.close()
     if pipe.label:
         print(f"note: generated with a {pipe.label} model", file=sys.stderr)

@@ -305,7 +305,7 @@ class LumosPipeline:
         official_temperature: bool = False,
         fps: int | None = None,
         window: int | None = None,
-        segment_frames: int | None = None,
+        segment_frames: int | Sequence[int] | None = None,
         video: np.ndarray | torch.Tensor | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
@@ -357,7 +357,7 @@ class LumosPipeline:
         official_temperature: bool = False,
         fps: int | None = None,
         window: int | None = None,
-        segment_frames: int | None = None,
+        segment_frames: int | Sequence[int] | None = None,
         video: np.ndarray | torch.Tensor | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
@@ -425,7 +425,7 @@ class LumosPipeline:
         official_temperature: bool,
         fps: int | None = None,
         window: int | None = None,
-        segment_frames: int | None = None,
+        segment_frames: int | Sequence[int] | None = None,
         video: np.ndarray | torch.Tensor | None = None,
     ) -> dict:
         """Check a request and turn it into the arguments of ``generate_windowed``."""
@@ -454,13 +454,25 @@ class LumosPipeline:
             segments = [(0, self.encode_prompts(prompts, context, height, width, fps))]
             batch = len(prompts)
         else:  # a prompt schedule: the prompts are successive segments of one video
-            validate.integer("segment_frames", segment_frames, tc)
-            if segment_frames % tc:
-                raise LumosError(f"segment_frames must be a multiple of {tc}, got {segment_frames}")
-            starts = [i * segment_frames // tc for i in range(len(prompts))]
+            if isinstance(segment_frames, int):  # every segment that long
+                rgb_starts = [i * segment_frames for i in range(len(prompts))]
+            else:  # the RGB frame each segment starts at
+                rgb_starts = list(segment_frames)
+            if len(rgb_starts) != len(prompts) or rgb_starts[0] != 0:
+                raise LumosError("a prompt schedule needs one start frame per prompt, the first 0")
+            for r in rgb_starts:
+                validate.integer("segment start frame", r, 0)
+                if r % tc or r < 0:
+                    raise LumosError(
+                        f"segments start on latent frames: RGB frame 0 or a multiple of {tc} "
+                        f"(e.g. {tc}, {2 * tc}); got {r}"
+                    )
+            starts = [r // tc for r in rgb_starts]
+            if starts != sorted(set(starts)):
+                raise LumosError("segment start frames must increase")
             if starts[-1] >= t:
                 raise LumosError(
-                    f"{len(prompts)} segments of {segment_frames} frames do not fit in "
+                    f"the last segment starts at frame {rgb_starts[-1]}, after the video's "
                     f"{num_frames} frames; give more frames or fewer prompts"
                 )
             segments = [
