@@ -4,6 +4,7 @@ app itself in a subprocess on a free localhost port: the ``/generate`` API throu
 chromedriver; no browser is downloaded). Skips when Gradio, Selenium or chromium is missing
 (``.ci/run`` installs them)."""
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -132,9 +133,14 @@ def test_contact_sheet():
 
 
 def test_cli_errors(capsys):
+    assert main(["demo", "--port", "70000"]) == 2
+    assert "--port: must be an integer 1..65535" in capsys.readouterr().err
+    if importlib.util.find_spec("gradio") is None:  # said before any model is loaded
+        assert main(["demo"]) == 2
+        assert 'needs Gradio; install it with pip install -e ".[demo]"' in capsys.readouterr().err
+        return
     assert main(["demo", "--checkpoint", "/nonexistent/lumos"]) == 2
     assert "checkpoint path /nonexistent/lumos does not exist" in capsys.readouterr().err
-    assert main(["demo", "--port", "70000"]) == 2
     assert main(["demo", "--device", "tpu:x"]) == 2
     assert "unknown device 'tpu:x'" in capsys.readouterr().err
 
