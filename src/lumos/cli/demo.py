@@ -11,7 +11,7 @@ from lumos.errors import LumosError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lumos.cli.generate import add_placement_args
+    from lumos.cli.generate import FRAMES_ARG, MAX_STEPS, SIDE_ARG, add_placement_args
     from lumos.demo import Limits
 
     lim = Limits()
@@ -46,19 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-frames",
-        type=validate.int_arg(1, 1 + 4 * 64),
+        type=FRAMES_ARG,
         default=lim.max_frames,
         help=f"largest request in RGB frames (default {lim.max_frames})",
     )
     p.add_argument(
         "--max-size",
-        type=validate.int_arg(8, 4096),
+        type=SIDE_ARG,
         default=lim.max_side,
         help=f"largest height and width in pixels (default {lim.max_side})",
     )
     p.add_argument(
         "--max-steps",
-        type=validate.int_arg(1, 1000),
+        type=validate.int_arg(1, MAX_STEPS),
         default=lim.max_steps,
         help=f"most steps per latent frame (default {lim.max_steps})",
     )
