@@ -56,8 +56,9 @@ class PipelineDefaults:
     guidance_scale: float = 3.0  # classifier-free guidance
     history_mask_ratio: float = 0.7  # fraction of a finished frame masked in the KV cache
     num_threads: int | None = None  # CPU threads the CLI uses (None: PyTorch's default)
-    # Official checkpoints (lumos convert-official): seconds of video, guidance for
-    # text-to-image, and the resolution buckets [[W, H], ...] in pixels.
+    # Official checkpoints (lumos convert-official): seconds of video (informational: the
+    # header's duration follows from the frames and fps), guidance for text-to-image, and the
+    # resolution buckets [[W, H], ...] in pixels it was trained at (informational).
     duration: int | None = None
     image_guidance_scale: float | None = None
     resolution_buckets: list[list[int]] | None = None
@@ -116,6 +117,15 @@ class PipelineDefaults:
             validate.threads("num_threads", self.num_threads)
         if self.prompt_domain is not None:
             validate.choice("prompt_domain", self.prompt_domain, [WORLD_PROMPT_DOMAIN, None])
+        if self.duration is not None:
+            validate.integer("duration", self.duration, 1, 3600)
+        if self.image_guidance_scale is not None:
+            validate.number("image_guidance_scale", self.image_guidance_scale)
+        for bucket in self.resolution_buckets or []:
+            if not (isinstance(bucket, list) and len(bucket) == 2):
+                raise LumosError(f"resolution_buckets entries are [width, height]; got {bucket!r}")
+            for side in bucket:
+                validate.integer("resolution bucket side", side, 8, 8192)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
