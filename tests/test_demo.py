@@ -20,6 +20,7 @@ import pytest
 
 from lumos.cli.main import main
 from lumos.data.video_io import read_video, write_video
+from lumos.data.world import Scene, WorldObject, render
 from lumos.demo import LIVE_HEIGHT, Cancelled, DemoApp, Limits, contact_sheet
 from lumos.errors import LumosError
 from lumos.evaluation.analyser import analyse
@@ -74,6 +75,17 @@ def test_uploads(pipe, tmp_path):
     assert req.kwargs["image"].shape == (64, 80, 3) and req.kwargs["image"].dtype == np.uint8
     made = [e[1] for e in app.run(req) if e[0] == "frames"]  # the given frame comes first
     assert [f.shape for f in made] == [(1, 64, 80, 3), (4, 64, 80, 3), (4, 64, 80, 3)]
+    clip = tmp_path / "clip.mp4"  # a red circle moving left, to continue
+    scene = Scene((WorldObject("circle", "red", "large", "left", 0.6, 0.5),), "grey")
+    write_video(clip, render(scene, 48, 60, 9), 4)
+    req = app.check("a red circle moves to the left", 13, 64, 80, 4, 3.0, upload=str(clip),
+                    mode="video continuation")  # fmt: skip
+    assert req.kwargs["video"].shape == (9, 64, 80, 3)
+    made = [e[1] for e in app.run(req) if e[0] == "frames"]  # the kept end of the clip first
+    assert [len(f) for f in made] == [5, 4, 4]
+    assert [o.color for o in analyse(np.concatenate(made)).objects] == ["red"]
+    with pytest.raises(LumosError, match="video continuation needs a video: upload one"):
+        app.check("a red circle", 9, 64, 64, 4, 3.0, mode="video continuation")
     text = tmp_path / "notes.png"  # an image by its name only
     text.write_text("not an image\n")
     with pytest.raises(LumosError, match="notes.png is not an image or video"):

@@ -37,7 +37,7 @@ from lumos.errors import LumosError
 if TYPE_CHECKING:
     from lumos.generation.pipeline import LumosPipeline
 
-MODES = ("text-to-video", "text-to-image", "image-to-video")
+MODES = ("text-to-video", "text-to-image", "image-to-video", "video continuation")
 EXAMPLE_PROMPTS = [  # prompts the shipped model follows (see its model card)
     "a red circle moves to the left",
     "a blue square moves up",
@@ -46,6 +46,7 @@ EXAMPLE_PROMPTS = [  # prompts the shipped model follows (see its model card)
 ]
 MAX_PROMPT_CHARS = 500
 MAX_UPLOAD_MB = 20
+MAX_UPLOAD_FRAMES = 300  # frames decoded from an uploaded clip (a continuation continues its end)
 KEEP_OUTPUTS_S = 3600  # a finished job's files are removed this long after it ended
 LIVE_HEIGHT = 128  # pixels: live frames are enlarged (nearest neighbour) to at least this
 
@@ -125,7 +126,8 @@ class DemoApp:
     ) -> Request:
         """A :class:`Request`, or LumosError saying what is wrong and what is allowed. ``seed``
         None or negative draws a random one; ``upload`` (a file path) is the first frame of an
-        image-to-video request."""
+        image-to-video request, or the clip a video continuation continues (``num_frames``
+        then counts the end of the clip that is kept and the new frames, as in the pipeline)."""
         lim = self.limits
         validate.choice("mode", mode, MODES)
         if not isinstance(prompt, str) or not prompt.strip():
@@ -155,17 +157,24 @@ class DemoApp:
             num_frames=num_frames, height=height, width=width, num_inference_steps=steps,
             guidance_scale=guidance, history_mask_ratio=history_mask_ratio,
         )  # fmt: skip
-        if mode == "image-to-video":
+        if mode in ("image-to-video", "video continuation"):
             if num_frames == 1:
-                raise LumosError("image-to-video needs more than 1 frame (e.g. 9)")
+                raise LumosError(f"{mode} needs more than 1 frame (e.g. 9)")
             if not upload:
-                raise LumosError("image-to-video needs a start image (or video): upload one")
+                what = "a start image (or video)" if mode == "image-to-video" else "a video"
+                raise LumosError(f"{mode} needs {what}: upload one")
+        if mode == "image-to-video":
             kwargs["image"] = self.read_upload(upload, width, height)[0]
+        elif mode == "video continuation":
+            kwargs["video"] = self.read_upload(upload, width, height, MAX_UPLOAD_FRAMES)
         return Request(prompt.strip(), seed, kwargs)
 
-    def read_upload(self, path: str | Path, width: int, height: int) -> np.ndarray:
-        """The first frame of an uploaded image or video, fitted to ``width`` x ``height``
-        (uint8 ``[1, H, W, 3]``); a file too large or not an image/video is a LumosError."""
+    def read_upload(
+        self, path: str | Path, width: int, height: int, max_frames: int = 1
+    ) -> np.ndarray:
+        """The first ``max_frames`` frames of an uploaded image or video, fitted to ``width`` x
+        ``height`` (uint8 ``[T, H, W, 3]``); a file too large or not an image/video is a
+        LumosError."""
         from lumos.data.video_io import read_video, resize_crop
 
         path = Path(path)
@@ -176,13 +185,13 @@ class DemoApp:
                 f"{self.limits.max_upload_mb} MB are allowed"
             )
         try:
-            frames, _ = read_video(path, max_frames=1)
+            frames, _ = read_video(path, max_frames=max_frames)
         except LumosError:
             raise LumosError(
                 f"the upload {path.name} is not an image or video that can be read; "
                 "upload a PNG/JPEG image or an MP4/WebM/GIF video"
             ) from None
-        return resize_crop(frames[:1], (width, height))
+        return resize_crop(frames[:max_frames], (width, height))
 
     # ---- generation -------------------------------------------------------------------------
     def run(self, req: Request, session: str = "") -> Iterator[tuple]:
@@ -342,14 +351,19 @@ def build(app: DemoApp, queue_size: int = 8):
         )
         with gr.Row():
             with gr.Column():
-                mode = gr.Radio(list(MODES), value=MODES[0], label="Task")
+                mode = gr.Radio(
+                    list(MODES), value=MODES[0], label="Task",
+                    info="video continuation: Frames counts the end of the clip that is kept "
+                    "and the new frames",
+                )  # fmt: skip
                 prompt = gr.Textbox(
                     label="Prompt", lines=2, max_length=lim.max_prompt_chars,
                     placeholder=EXAMPLE_PROMPTS[0], elem_id="prompt",
                 )  # fmt: skip
                 gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt])
                 upload = gr.File(
-                    label=f"Start image or video for image-to-video (at most {lim.max_upload_mb} MB)",
+                    label="Start image (image-to-video) or clip (video continuation), at most "
+                    f"{lim.max_upload_mb} MB",
                     file_types=["image", "video"], height=150, elem_id="upload",
                 )  # fmt: skip
                 with gr.Row():
