@@ -46,7 +46,6 @@ EXAMPLE_PROMPTS = [  # prompts the shipped model follows (see its model card)
 ]
 MAX_PROMPT_CHARS = 500
 MAX_UPLOAD_MB = 20
-MAX_UPLOAD_FRAMES = 300  # frames decoded from an uploaded clip (a continuation continues its end)
 KEEP_OUTPUTS_S = 3600  # a finished job's files are removed this long after it ended
 LIVE_HEIGHT = 128  # pixels: live frames are enlarged (nearest neighbour) to at least this
 
@@ -126,8 +125,9 @@ class DemoApp:
     ) -> Request:
         """A :class:`Request`, or LumosError saying what is wrong and what is allowed. ``seed``
         None or negative draws a random one; ``upload`` (a file path) is the first frame of an
-        image-to-video request, or the clip a video continuation continues (``num_frames``
-        then counts the end of the clip that is kept and the new frames, as in the pipeline)."""
+        image-to-video request, or the clip a video continuation continues: its first
+        ``max_frames`` frames (the limit) are read, the pipeline keeps their end, and
+        ``num_frames`` counts that end and the new frames, as in the pipeline."""
         lim = self.limits
         validate.choice("mode", mode, MODES)
         if not isinstance(prompt, str) or not prompt.strip():
@@ -166,7 +166,7 @@ class DemoApp:
         if mode == "image-to-video":
             kwargs["image"] = self.read_upload(upload, width, height)[0]
         elif mode == "video continuation":
-            kwargs["video"] = self.read_upload(upload, width, height, MAX_UPLOAD_FRAMES)
+            kwargs["video"] = self.read_upload(upload, width, height, lim.max_frames)
         return Request(prompt.strip(), seed, kwargs)
 
     def read_upload(
@@ -353,8 +353,8 @@ def build(app: DemoApp, queue_size: int = 8):
             with gr.Column():
                 mode = gr.Radio(
                     list(MODES), value=MODES[0], label="Task",
-                    info="video continuation: Frames counts the end of the clip that is kept "
-                    "and the new frames",
+                    info=f"video continuation continues the clip (its first {lim.max_frames} "
+                    "frames at most); Frames counts the kept end of the clip plus the new frames",
                 )  # fmt: skip
                 prompt = gr.Textbox(
                     label="Prompt", lines=2, max_length=lim.max_prompt_chars,
