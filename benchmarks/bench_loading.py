@@ -18,24 +18,16 @@ import tempfile
 
 import torch
 
+from rss import reset_peak, status_bytes
+
 GiB = 1024**3
-
-
-def status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
 
 
 def load_case(path: str, dtype: str) -> dict:
     from lumos import LumosModel
 
     target = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status_bytes("VmRSS")
+    before = reset_peak()
     model = LumosModel.from_pretrained(path, dtype=target)
     for p in model.parameters():  # touch every weight, as generating would
         p.data.view(-1)[:: max(1, p.numel() // 1024)].sum()

@@ -21,22 +21,14 @@ import time
 
 import torch
 
-
-def status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
+from rss import reset_peak, status_bytes
 
 
 def run_case(frames: int, full: bool) -> dict:
     from lumos.generation.pipeline import LumosPipeline
 
     torch.set_num_threads(2)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status_bytes("VmRSS")
+    before = reset_peak()
     pipe = LumosPipeline.from_pretrained()
     t0 = time.perf_counter()
     first = None

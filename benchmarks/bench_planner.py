@@ -24,16 +24,9 @@ import tempfile
 
 import torch
 
+from rss import reset_peak, status_bytes
+
 GiB = 1024**3
-
-
-def status_bytes(key: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 def start_measuring() -> int:
@@ -46,9 +39,7 @@ def start_measuring() -> int:
     torch.nn.functional.conv2d(x[:, :, 0], torch.randn(8, 8, 3, 3), padding=1)
     torch.nn.functional.group_norm(x, 4)
     torch.nn.functional.interpolate(x, scale_factor=2)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return status_bytes("VmRSS")
+    return reset_peak()
 
 
 def run_case(name: str, checkpoint: str | None) -> dict:
