@@ -116,7 +116,7 @@ def test_run_streams_and_cancel_stops_within_a_step(pipe, tmp_path):
     with pytest.raises(Cancelled):
         for event in run:
             steps_done.append(event)
-    assert time.perf_counter() - t0 < 2.0  # one step takes ~0.05 s here; 450 steps were asked
+    assert time.perf_counter() - t0 < 10.0  # a step takes ~0.05 s (more when busy); 450 asked
     assert len(steps_done) < 10
     assert app._lock.acquire(timeout=2.0)  # the model is free again
     app._lock.release()
