@@ -136,9 +136,9 @@ def plan_generation(
     activations = max(forward_peak(P), frame_step)
     logits = batch * min(chunk_size, N) * (V + CDF_BLOCK) * 4  # worked on in place
     if device == "cpu":
-        # glibc keeps freed blocks of this size class for reuse instead of returning them:
-        # measured here, two more chunks' worth stay resident (benchmarks/bench_planner.py).
-        logits *= 3
+        # The allocator keeps a freed chunk for reuse instead of returning it: measured here,
+        # one more chunk's worth stays resident (benchmarks/bench_planner.py).
+        logits *= 2
 
     kernel = "cpu flash-style" if device == "cpu" else (
         "flash" if dtype in (torch.float16, torch.bfloat16) else "memory-efficient"
