@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -364,6 +365,23 @@ def test_browser_bad_input_then_next_request(browser, tmp_path):
     generate(browser, "a green circle moves right")
     wait_for(browser, lambda: status(browser).startswith("Done"), 60)
     assert video_src(browser)
+
+
+def test_browser_image_to_video(browser, tmp_path):
+    start = tmp_path / "start.png"  # a red circle on grey, 96x72: fitted to 64x64 by the app
+    scene = Scene((WorldObject("circle", "red", "large", "left", 0.6, 0.5),), "grey")
+    write_video(start, render(scene, 72, 96, 1), 1)
+    browser.find_element("css selector", "label[data-testid='image-to-video-radio-label']").click()
+    browser.find_element("css selector", "#upload input[type=file]").send_keys(str(start))
+    wait_for(browser, lambda: "start\n.png" in page_text(browser), 20)  # uploaded
+    generate(browser, "a red circle moves to the left")
+    wait_for(browser, lambda: status(browser).startswith("Done"), 60)
+    assert "9 frames of 64x64 px" in status(browser)
+    mp4 = tmp_path / "out.mp4"  # the video the page plays, fetched from the app
+    mp4.write_bytes(urllib.request.urlopen(video_src(browser), timeout=30).read())
+    frames, _ = read_video(mp4)
+    assert frames.shape == (9, 64, 64, 3)
+    assert [o.color for o in analyse(frames).objects] == ["red"]
 
 
 def test_browser_cancel_frees_the_queue(browser):
