@@ -109,8 +109,9 @@ def main() -> None:
         else:
             results["continuation"] = continuation(pipe, args.n)
         print(f"{part}: {time.perf_counter() - t:.0f} s", flush=True)
-    for name, r in results.items():
-        print(f"{name}: " + ", ".join(f"{k} {v:.0%}" for k, v in r.items()))
+        for name, r in results.items():
+            if name.startswith(part):
+                print(f"  {name}: " + ", ".join(f"{k} {v:.0%}" for k, v in r.items()), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
