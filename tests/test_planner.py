@@ -60,3 +60,14 @@ def test_dry_run_and_max_memory_load_no_weights(tmp_path):
     assert refused.returncode == 2 and "--max-memory" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_plan_of_a_long_clip_follows_the_window():
+    from lumos.generation.pipeline import LumosPipeline
+
+    pipe = LumosPipeline.from_pretrained(weights=False)
+    windowed = pipe.plan(num_frames=129)  # default window: the trained 9 frames
+    whole = pipe.plan(num_frames=129, window=129)
+    short = pipe.plan(num_frames=9)
+    assert windowed.kv_cache == short.kv_cache < whole.kv_cache
+    assert windowed.decode == whole.decode > short.decode  # the whole clip is decoded

@@ -233,12 +233,16 @@ def plan_request(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     compile: bool = False,
+    window: int | None = None,
 ) -> GenerationPlan:
     """:func:`plan_generation` for a request in pixels and RGB frames (``num_frames``,
-    ``height``, ``width``), the visual tokenizer's decode of the clip included."""
+    ``height``, ``width``), the visual tokenizer's decode of the clip included. ``window``
+    (RGB frames): the model's context when the clip is longer (``generation/long_video.py``);
+    the cache and the forwards are those of the window, the decode that of the whole clip."""
     t, h, w = visual_tokenizer.latent_shape(num_frames, height, width)
+    seen = t if window is None else min(t, visual_tokenizer.latent_shape(window, height, width)[0])
     plan = plan_generation(
-        config, batch, t, h, w, prompt_tokens, num_steps, guidance_scale != 1.0, dtype,
+        config, batch, seen, h, w, prompt_tokens, num_steps, guidance_scale != 1.0, dtype,
         device.split(":")[0], fixed_shapes=compile,
         decode_bytes=visual_decode_bytes(visual_tokenizer, batch, t, h, w),
         extra_weights=sum(p.numel() * p.element_size() for p in visual_tokenizer.parameters()),
