@@ -280,15 +280,23 @@ def domain_warning(prompts: list[str], domain: str | None) -> str | None:
 
 
 def load_pipeline(args: argparse.Namespace):
+    """The pipeline the model options name, placed and with its CPU threads set."""
     from lumos.generation.pipeline import LumosPipeline, placement
 
     device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
     if args.random_init:
-        return LumosPipeline.random_init(args.seed).to(*placement(device, dtype))
-    return LumosPipeline.from_pretrained(
-        args.checkpoint, args.text_tokenizer, args.visual_tokenizer, args.trust_torchscript,
-        device=device, dtype=dtype,
-    )  # fmt: skip
+        pipe = LumosPipeline.random_init(args.seed).to(*placement(device, dtype))
+    else:
+        pipe = LumosPipeline.from_pretrained(
+            args.checkpoint, args.text_tokenizer, args.visual_tokenizer, args.trust_torchscript,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+    # CPU threads: --threads, else the model's pipeline.json setting, else PyTorch's default.
+    threads = getattr(args, "threads", None)
+    threads = pipe.defaults.num_threads if threads is None else threads
+    if threads:
+        torch.set_num_threads(threads)
+    return pipe
 
 
 def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
@@ -419,9 +427,6 @@ def run(args: argparse.Namespace) -> int:
                 raise LumosError(f"{folder} exists; --stream writes its frames there (move it)")
     pipe = load_pipeline(args)
     d = pipe.defaults
-    threads = args.threads if args.threads is not None else d.num_threads
-    if threads:
-        torch.set_num_threads(threads)
     size = d.resolve(
         num_frames=1 if args.t2i else args.frames, height=args.height, width=args.width
     )

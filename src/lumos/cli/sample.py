@@ -327,9 +327,6 @@ def run(args: argparse.Namespace) -> int:
     out = validate.output_path(args.out, "dir", inputs, "--out")
     pipe = load_pipeline(args)
     d = pipe.defaults
-    threads = args.threads if args.threads is not None else d.num_threads
-    if threads:
-        torch.set_num_threads(threads)
     size = d.resolve(
         num_frames=1 if suite == "geneval" else args.frames, height=args.height, width=args.width
     )
