@@ -152,6 +152,41 @@ class OptimConfig:
         validate.number("optim.grad_clip", self.grad_clip, 0)
 
 
+# The decoder projections LoRA may adapt (nn.Linear layers of every block; lumos.training.lora).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA fine-tuning (lumos.training.lora, with PEFT: ``pip install lumos[lora]``). With
+    ``rank`` > 0 every weight of the model is frozen and each target projection ``W`` of every
+    decoder block gets a trained update ``(alpha / rank) * B @ A`` (``A`` [rank, in], ``B``
+    [out, rank], ``B`` starting at zero); only the adapters are trained, checkpointed with the
+    optimiser, and saved (OUTPUT/adapter)."""
+
+    rank: int = 0  # adapter rank (0: off, every weight is trained)
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapters' input while training
+    # Decoder projections to adapt: any of LORA_TARGETS (default: attention and MLP, all seven)
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self) -> None:
+        validate.integer("lora.rank", self.rank, 0, 65536)
+        validate.number("lora.alpha", self.alpha, 0, lo_open=True)
+        validate.number("lora.dropout", self.dropout, 0, 1, hi_open=True)
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        if not isinstance(self.target_modules, list) or not self.target_modules:
+            raise LumosError(
+                f"lora.target_modules must be a non-empty list of {list(LORA_TARGETS)}, "
+                f"got {self.target_modules!r}"
+            )
+        for name in self.target_modules:
+            validate.choice("lora.target_modules entry", name, list(LORA_TARGETS))
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise LumosError(f"lora.target_modules repeats a name: {self.target_modules}")
+
+
 @dataclass
 class TrainConfig:
     """Everything ``lumos train`` needs. Intervals are in optimiser steps (0 = never)."""
@@ -161,6 +196,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     steps: int = 1000  # total optimiser steps
     micro_batch_size: int = 1  # video sequences per process and micro-step
     image_micro_batch_size: int | None = None  # image sequences (None: micro_batch_size)
@@ -244,6 +280,7 @@ SECTIONS = {
     "data": DataConfig,
     "masking": MaskingConfig,
     "optim": OptimConfig,
+    "lora": LoraConfig,
 }
 
 

@@ -12,7 +12,8 @@ uninterrupted one.
 Outputs under ``output_dir``: ``metrics.jsonl`` (one JSON object per logged step or
 validation), ``tensorboard/`` (when TensorBoard is installed: ``pip install lumos[tensorboard]``),
 ``checkpoints/step-*/``, and ``model/`` (the final weights in checkpoint-directory format,
-loadable with ``LumosModel.from_pretrained``).
+loadable with ``LumosModel.from_pretrained``), or with ``lora.rank`` > 0 ``adapter/`` instead
+(only the trained LoRA adapter: ``lumos.training.lora``).
 
 A non-finite loss or gradient norm stops the run with an error naming the step and the last
 checkpoint written. Resuming picks the newest intact checkpoint (damaged newer ones are
@@ -40,7 +41,7 @@ from lumos.errors import LumosError
 from lumos.model.config import MODEL_PRESETS
 from lumos.model.transformer import LumosModel
 from lumos.sequence.vocab import Vocabulary
-from lumos.training import distributed
+from lumos.training import distributed, lora
 from lumos.training.checkpointing import (
     DamagedCheckpoint,
     full_model_state,
@@ -238,10 +239,11 @@ def make_source(
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (embeddings, projections, head); none on norms."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    decay = [p for p in model.parameters() if p.ndim >= 2 and "norm" not in names[id(p)]]
-    other = [p for p in model.parameters() if not (p.ndim >= 2 and "norm" not in names[id(p)])]
+    """The trained parameters (frozen ones left out): weight decay on matrices (embeddings,
+    projections, head, LoRA factors); none on norms."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n]
+    other = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
 
 
@@ -266,6 +268,8 @@ class Trainer:
         )
         starts = [cfg.model.init_from, cfg.model.init_from_llm]
         validate.output_path(self.out / "model", "dir", starts, "the final model (output_dir/model)")
+        if cfg.lora.rank:
+            validate.output_path(self.out / "adapter", "dir", starts, "output_dir/adapter")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.ctx = distributed.init_distributed()
@@ -279,7 +283,12 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         model = build_model(cfg.model, cfg.data.shards)
+        # LoRA: adapters injected before wrapping, base frozen (PEFT's wrapper kept for saving)
+        self.adapted = None
+        if cfg.lora.rank:
+            self.adapted = lora.apply_lora(model, cfg.lora, cfg.model.init_from)
         self.num_parameters = model.num_parameters()
+        self.num_trained = lora.trainable_count(model)
         self.vocab = model.vocab
         self.model_config = model.config
         objective = ARDFObjective(model, cfg.loss_chunk_size, cfg.attention)
@@ -348,7 +357,14 @@ class Trainer:
         )
 
     def export(self, path: Path) -> None:
-        """Final weights as a checkpoint directory (collective under FSDP)."""
+        """Final weights as a checkpoint directory (collective under FSDP); with LoRA only the
+        adapter, to ``output_dir/adapter`` (``path`` unused)."""
+        if self.adapted is not None:
+            state = lora.trained_state(self.module)
+            if self.ctx.is_main:
+                state = {k.removeprefix("model."): v for k, v in state.items()}
+                lora.save_adapter(self.adapted, self.out / "adapter", state)
+            return
         state = full_model_state(self.module)
         if self.ctx.is_main:
             with torch.device("meta"):
@@ -494,7 +510,7 @@ class Trainer:
         if self.ctx.is_main:
             self.log(
                 f"{self.model_config.num_hidden_layers} layers, hidden {self.model_config.hidden_size}, "
-                f"{self.num_parameters:,} parameters, "
+                f"{self.num_parameters:,} parameters ({self.num_trained:,} trained), "
                 f"{self.ctx.world_size} process(es), parallel {self.parallel}, {str(self.dtype).removeprefix('torch.')}, "
                 f"device {self.ctx.device}"
             )
@@ -553,6 +569,9 @@ RESUME_KEYS = (
     "image_micro_batch_size",
     "grad_accumulation",
     "seed",
+    "lora.rank",
+    "lora.alpha",
+    "lora.target_modules",
 )
 
 
@@ -561,6 +580,8 @@ def check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
     (:data:`RESUME_KEYS`); other settings (steps, LR, intervals ...) may change."""
     now = json.loads(json.dumps(cfg.to_dict()))
     saved = json.loads(json.dumps(saved))
+    # Runs written before LoRA existed have no lora section: they trained every weight.
+    saved.setdefault("lora", now["lora"] if not cfg.lora.rank else {})
 
     def get(d: dict, key: str):
         for part in key.split("."):
