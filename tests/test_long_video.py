@@ -85,7 +85,7 @@ def test_pipeline_continuation_and_schedule():
     with pytest.raises(LumosError, match="latent frames"):
         pipe(["a", "b"], num_frames=17, segment_frames=[0, 6])
     explicit = pipe(["a red circle moves to the left", "a red circle moves to the right"],
-                    num_frames=17, segment_frames=[0, 8], num_inference_steps=2,
+                    num_frames=17, segment_frames=[0, 9], num_inference_steps=2,
                     generator=torch.Generator().manual_seed(2))  # fmt: skip
     assert torch.equal(explicit.codes, sched.codes)
     with pytest.raises(LumosError, match="not both"):
@@ -106,7 +106,7 @@ def test_cli_stream_schedule_and_continuation(tmp_path, capsys):
     assert main(["generate", "x", "--stream", "--out", str(out)]) == 2  # frame folder exists
     sched = tmp_path / "sched.mp4"
     assert main(["generate", "--prompt-schedule",
-                 "0:a red circle moves to the left;8:a red circle moves to the right",
+                 "0:a red circle moves to the left;9:a red circle moves to the right",
                  "--frames", "17", "--steps", "2", "--out", str(sched)]) == 0  # fmt: skip
     cont = tmp_path / "cont.mp4"
     assert main(["generate", "a red circle moves up", "--video", str(sched), "--frames", "17",

@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--prompt-schedule",
         help='successive prompts of one video, "FRAME:PROMPT;FRAME:PROMPT..." (RGB start '
-        'frames: 0, then multiples of 4), e.g. "0:a red circle moves left;16:a red circle moves up"',
+        "frames: 0, then 1 + multiples of 4, the first frame of a latent frame), e.g. "
+        '"0:a red circle moves left;17:a red circle moves up"',
     )
     p.add_argument("--video", type=Path, help="a clip to continue (its last frames are the start)")
     p.add_argument(

@@ -187,6 +187,7 @@ class LumosPipeline:
         self.visual_tokenizer = visual_tokenizer.eval()
         self.defaults = defaults or PipelineDefaults()
         self.label = label  # e.g. "randomly initialised" for untrained pipelines
+        self.adapter: Path | None = None  # the LoRA adapter applied unmerged (from_pretrained)
         v = model.vocab
         if v.codebook_size != visual_tokenizer.codebook_size:
             raise LumosError(
@@ -209,13 +210,17 @@ class LumosPipeline:
         weights: bool = True,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        adapter: str | Path | None = None,
     ) -> LumosPipeline:
         """Load a pipeline directory (None = the model shipped with lumos), or a bare model
         checkpoint directory together with ``text_tokenizer``/``visual_tokenizer`` paths.
         Weights load straight onto ``device`` in ``dtype`` (defaults: CUDA in bfloat16 when a
         GPU is present, else the CPU in float32; see :func:`placement`).
         ``weights=False`` builds the transformer on the ``meta`` device without reading its
-        weights (enough for :meth:`plan`, not for generating)."""
+        weights (enough for :meth:`plan`, not for generating). ``adapter``: a LoRA adapter
+        directory (``lumos train`` with ``lora.rank`` > 0 writes OUTPUT/adapter) applied
+        unmerged on top of the transformer (needs PEFT: ``pip install lumos[lora]``; only its
+        config is checked when ``weights=False``)."""
         device, dtype = placement(device, dtype)
         root = Path(path) if path is not None else DEFAULT_PIPELINE_DIR
         if not root.exists():
@@ -247,12 +252,18 @@ class LumosPipeline:
             if weights
             else LumosModel.on_meta(model_dir)
         )
-        return cls(
+        if adapter is not None:
+            from lumos.training import lora
+
+            lora.load_adapter(model, adapter) if weights else lora.read_adapter_config(adapter)
+        pipe = cls(
             model,
             TextTokenizer.from_file(text_path),
             load_visual_tokenizer(visual_path, allow_torchscript, device=device, dtype=dtype),
             PipelineDefaults.load(root / "pipeline.json"),
         )
+        pipe.adapter = Path(adapter) if adapter is not None else None
+        return pipe
 
     def to(
         self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None
@@ -290,6 +301,11 @@ class LumosPipeline:
         return cls(LumosModel(cfg), text, visual, label="randomly initialised, untrained")
 
     def save_pretrained(self, path: str | Path) -> None:
+        if self.adapter is not None:
+            raise LumosError(
+                f"this pipeline runs the adapter {self.adapter} unmerged; save the merged model "
+                "with lumos merge-adapter"
+            )
         path = Path(path)
         self.model.save_pretrained(path / "transformer")
         self.text_tokenizer.save(path / "text_tokenizer")
@@ -329,7 +345,15 @@ class LumosPipeline:
         official code"). ``sample_temperature`` and ``top_k`` shape the token sampling itself.
         ``fps`` is the frame rate the model is conditioned on (prompt and header; the clip's
         duration in seconds follows from ``num_frames`` and ``fps`` as in the official code)
-        and the rate of the output (default: pipeline.json's). ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
+        and the rate of the output (default: pipeline.json's). ``window``: RGB frames the
+        model sees at once (1 + k * temporal compression; default pipeline.json's
+        ``num_frames``, the trained clip); longer videos slide it (docs/design.md, "Long
+        videos"). ``segment_frames`` makes ``prompt`` a schedule of successive prompts of one
+        video: an int N starts segment k >= 1 at RGB frame k*N + 1 (the first segment also holds
+        frame 0), a list gives each segment's RGB start frame (0, then 1 + multiples of the
+        temporal compression: the first frame of a latent frame). ``video`` (uint8
+        [T, H, W, 3]) is continued: its last frames that fit the window are the start.
+        ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
         compiles, at most two graphs per request shape). ``decode=False`` skips the visual
         decoder: ``frames`` is None (:meth:`decode` turns codes into frames later)."""
         request = self._request(
@@ -464,20 +488,26 @@ class LumosPipeline:
             segments = [(0, self.encode_prompts(prompts, context, height, width, fps))]
             batch = len(prompts)
         else:  # a prompt schedule: the prompts are successive segments of one video
-            if isinstance(segment_frames, int):  # every segment that long
-                rgb_starts = [i * segment_frames for i in range(len(prompts))]
+            if isinstance(segment_frames, int):  # every segment that long (+ frame 0)
+                validate.integer("segment_frames", segment_frames, tc)
+                if segment_frames % tc:
+                    raise LumosError(
+                        f"segment_frames must be a multiple of {tc} (whole latent frames), "
+                        f"got {segment_frames}"
+                    )
+                rgb_starts = [0] + [1 + i * segment_frames for i in range(1, len(prompts))]
             else:  # the RGB frame each segment starts at
                 rgb_starts = list(segment_frames)
             if len(rgb_starts) != len(prompts) or rgb_starts[0] != 0:
                 raise LumosError("a prompt schedule needs one start frame per prompt, the first 0")
             for r in rgb_starts:
                 validate.integer("segment start frame", r, 0)
-                if r % tc or r < 0:
+                if r and (r - 1) % tc:
                     raise LumosError(
-                        f"segments start on latent frames: RGB frame 0 or a multiple of {tc} "
-                        f"(e.g. {tc}, {2 * tc}); got {r}"
+                        f"segments start on latent frames: RGB frame 0 or 1 + a multiple of {tc} "
+                        f"(e.g. {1 + tc}, {1 + 2 * tc}); got {r}"
                     )
-            starts = [r // tc for r in rgb_starts]
+            starts = [(r + tc - 1) // tc for r in rgb_starts]  # RGB 1..tc: latent 1, ...
             if starts != sorted(set(starts)):
                 raise LumosError("segment start frames must increase")
             if starts[-1] >= t:
