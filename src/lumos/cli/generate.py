@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, help="first frame for image-to-video (png, jpg, video)")
     add_model_args(p)
     p.add_argument(
+        "--adapter",
+        type=Path,
+        help="a LoRA adapter directory (lumos train with lora.rank > 0: OUTPUT/adapter) applied "
+        "on top of the model (needs pip install lumos[lora])",
+    )
+    p.add_argument(
         "--threads", type=validate.THREADS_ARG, help="CPU threads (default: the model's setting)"
     )
     p.add_argument(
@@ -285,12 +291,13 @@ def load_pipeline(args: argparse.Namespace):
     from lumos.generation.pipeline import LumosPipeline, placement
 
     device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
+    adapter = getattr(args, "adapter", None)  # lumos generate only
     if args.random_init:
         pipe = LumosPipeline.random_init(args.seed).to(*placement(device, dtype))
     else:
         pipe = LumosPipeline.from_pretrained(
             args.checkpoint, args.text_tokenizer, args.visual_tokenizer, args.trust_torchscript,
-            device=device, dtype=dtype,
+            device=device, dtype=dtype, adapter=adapter,
         )  # fmt: skip
     # CPU threads: --threads, else the model's pipeline.json setting, else PyTorch's default.
     threads = getattr(args, "threads", None)
@@ -311,7 +318,7 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
     else:
         pipe = LumosPipeline.from_pretrained(
             args.checkpoint, args.text_tokenizer, args.visual_tokenizer, args.trust_torchscript,
-            weights=False,
+            weights=False, adapter=args.adapter,
         )  # fmt: skip
     d = pipe.defaults
     size = d.resolve(
@@ -410,6 +417,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = output_format(args)
     if args.t2i and args.image:
         raise LumosError("--t2i and --image exclude each other")
+    if args.adapter is not None and args.random_init:
+        raise LumosError("--adapter applies to a trained model, not to --random-init")
     if args.image is not None:
         validate.input_file(args.image, "--image")
     if args.video is not None:

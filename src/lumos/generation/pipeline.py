@@ -255,7 +255,10 @@ class LumosPipeline:
         if adapter is not None:
             from lumos.training import lora
 
-            lora.load_adapter(model, adapter) if weights else lora.read_adapter_config(adapter)
+            if weights:
+                lora.load_adapter(model, adapter)
+            else:
+                lora.read_adapter_config(adapter)
         pipe = cls(
             model,
             TextTokenizer.from_file(text_path),

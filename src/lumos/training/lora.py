@@ -150,11 +150,11 @@ def load_adapter(model: LumosModel, path: str | os.PathLike) -> PeftModel:
     expected = adapter_state(adapted)
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise LumosError(
-            f"adapter {path} does not match its config or this model: "
-            f"{len(missing)} tensor(s) missing (e.g. {missing[:1]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:1]})"
-        )
+        found = [
+            (n, keys) for n, keys in (("missing", missing), ("unexpected", unexpected)) if keys
+        ]
+        detail = "; ".join(f"{len(keys)} tensor(s) {n}, e.g. {keys[0]}" for n, keys in found)
+        raise LumosError(f"adapter {path} was trained for another model ({detail})")
     for k, v in weights.items():
         if v.shape != expected[k].shape:
             raise LumosError(
