@@ -26,6 +26,7 @@ COMMANDS = [
     "text_tokenizer",
     "tokenize",
     "train",
+    "merge_adapter",
     "world",
     "convert",
     "demo",
