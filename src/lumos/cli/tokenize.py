@@ -1,9 +1,16 @@
-"""``lumos tokenize``: pre-tokenise a manifest or the procedural world into token shards."""
+"""``lumos tokenize``: pre-tokenise a manifest or the procedural world into token shards.
+
+On several GPUs or machines, launch it with torchrun (``torchrun --nnodes N --nproc-per-node G
+-m lumos.cli.main tokenize ...``): each rank takes its share of the shards and runs the visual
+tokenizer on its GPU (see :func:`lumos.data.pretokenize.pretokenize`).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import torch
 
 from lumos import validate
 from lumos.data.buckets import PRESET_MAX_GRIDS, parse_size, resolution_buckets
@@ -17,6 +24,12 @@ from lumos.data.pretokenize import (
 )
 from lumos.errors import LumosError
 from lumos.tokenizers.visual import DEFAULT_VISUAL_TOKENIZER_DIR
+from lumos.training.distributed import (
+    DistContext,
+    init_distributed,
+    resolve_precision,
+    shutdown_distributed,
+)
 
 DEFAULT_TEXT_TOKENIZER = DEFAULT_VISUAL_TOKENIZER_DIR.parent / "text_tokenizer"
 MANIFEST_FPS, WORLD_FPS = 12, 4  # defaults: 25 frames = 2 s at 12 fps; 9 frames = 2 s at 4 fps
@@ -31,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pre-tokenise videos/images (manifest) or the procedural world into token shards",
         description="Encode every sample with the visual and text tokenizers into Parquet "
         "shards plus OUT/index.json for training. Resumable (rerun the same command), "
-        "parallel (--workers), splittable across machines (--shard i/N). Unreadable inputs "
-        "are skipped and listed in OUT/summary.json.",
+        "parallel (--workers), on several GPUs or machines under torchrun (each rank takes "
+        "its share of the shards), or split by hand (--shard i/N). Unreadable inputs are "
+        "skipped and listed in OUT/summary.json.",
     )
     p.add_argument(
         "manifest",
@@ -43,9 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--world", metavar="SPLIT", help="use the procedural world (train or heldout)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument(
-        "--count", type=validate.int_arg(1, 10**8), help="world: number of samples"
-    )
+    p.add_argument("--count", type=validate.int_arg(1, 10**8), help="world: number of samples")
     p.add_argument("--height", type=SIDE, default=64, help="world: frame height in pixels")
     p.add_argument("--width", type=SIDE, default=64, help="world: frame width in pixels")
     p.add_argument(
@@ -86,12 +98,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokenizer.json or its directory (default: the shipped one)",
     )
     p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the visual tokenizer runs; auto: the GPU (under torchrun the rank's, "
+        "cuda:LOCAL_RANK) when CUDA is present, else the CPU",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="visual tokenizer precision; auto: bf16 on GPUs, fp32 on the CPU (our own small "
+        "tokenizer always runs in fp32); part of the settings, like the device type",
+    )
+    p.add_argument(
         "--workers",
         type=validate.int_arg(1, 256),
         default=1,
-        help="processes, each owning whole shards",
+        help="processes per rank, each owning whole shards (on a GPU each holds a tokenizer)",
     )
-    p.add_argument("--shard", default="0/1", help="i/N: do the shards j with j %% N == i")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/N: do the shards j with j %% N == i (under torchrun the ranks split that part)",
+    )
     p.add_argument(
         "--samples-per-shard",
         type=validate.int_arg(1, 10**7),
@@ -146,25 +176,46 @@ def _source(args: argparse.Namespace) -> WorldSource | ManifestSource:
     return ManifestSource.open(args.manifest, frames, fps, buckets=resolution_buckets(grids))
 
 
+def _device(choice: str, ctx: DistContext) -> torch.device:
+    """The visual tokenizer's device for ``--device`` (``ctx.device`` is the rank's GPU when
+    CUDA is present)."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda" and ctx.device.type != "cuda":
+        raise LumosError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    return ctx.device
+
+
 def run(args: argparse.Namespace) -> int:
     part = _part(args.shard)
     inputs = [args.manifest, args.visual_tokenizer, args.text_tokenizer]
     validate.output_path(args.out, "dir", inputs, "--out")
     source = _source(args)
-    job, toks = make_job(
-        source,
-        args.out,
-        args.visual_tokenizer,
-        args.text_tokenizer,
-        args.samples_per_shard,
-        args.encode_batch,
-    )
-    s = pretokenize(job, toks, args.workers, part, progress=not args.quiet)
+    ctx = init_distributed()  # one process unless under torchrun
+    try:
+        device = _device(args.device, ctx)
+        job, toks = make_job(
+            source,
+            args.out,
+            args.visual_tokenizer,
+            args.text_tokenizer,
+            args.samples_per_shard,
+            args.encode_batch,
+            device,
+            resolve_precision(args.precision, device),
+        )
+        s = pretokenize(job, toks, args.workers, part, progress=not args.quiet)
+    finally:
+        shutdown_distributed()
+    if not ctx.is_main:
+        return 0
     rate = f" ({s['samples_per_second']:.1f} samples/s)" if s["samples_per_second"] else ""
+    ranks = f" by {s['processes']} processes" if s["processes"] > 1 else ""
+    encoding = f"{job.encoding['encode_device']} {job.encoding['encode_dtype']}"
     print(
         f"shards {s['part']}: {s['shards_tokenized']} tokenized, {s['shards_skipped']} already "
         f"done, of {s['shards_total']} in total; {s['samples_tokenized']} inputs read in "
-        f"{s['seconds']:.1f} s{rate}"
+        f"{s['seconds']:.1f} s{rate}{ranks}; visual tokenizer on {encoding}"
     )
     print(f"{s['samples']} samples written, {s['failed']} inputs failed")
     for f in s["failures"][:MAX_FAILURES_SHOWN]:

@@ -11,16 +11,25 @@ Work plan, all deterministic:
 
 * Sample ``i`` of the source goes to shard ``i // samples_per_shard``;
   ``num_shards = ceil(count / samples_per_shard)``.
-* ``--shard i/N`` runs the shards ``j`` with ``j % N == i``; ``--workers K`` runs them in K
-  spawned processes, each owning whole shards (one intra-op torch thread per worker).
-* Inside a shard, samples are read in chunks of ``encode_batch`` in source order, grouped by
-  shape and encoded batch by batch, so a shard's bytes depend only on the inputs and the
-  settings, not on worker count or interruptions (on one kind of CPU: float rounding inside
-  the tokenizer may differ across CPU instruction sets).
+* ``--shard i/N`` runs the shards ``j`` with ``j % N == i``. Under ``torchrun`` (a
+  ``torch.distributed`` process group of ``W`` processes), rank ``r`` runs the shards of that
+  part with ``j % (N * W) == i + r * N``: the ranks split the part between them with no flag per
+  machine (:func:`rank_part`). ``--workers K`` runs a process's shards in K spawned processes,
+  each owning whole shards.
+* The visual tokenizer runs on ``device`` (the CLI: the rank's GPU ``cuda:LOCAL_RANK`` when
+  CUDA is present, else the CPU) in ``dtype`` (bf16 on GPUs, fp32 on the CPU; our own small
+  tokenizer always runs in fp32). Inside a shard, samples are read in chunks of
+  ``encode_batch`` in source order, grouped by shape and encoded one batch per shape, so a
+  shard's bytes depend only on the inputs and the settings (the device type and dtype among
+  them), not on worker or rank count or interruptions. Every process computes with one intra-op
+  thread and deterministic cuDNN kernels without TF32. The same bytes need the same kind of
+  processor: float rounding inside the tokenizer differs between CPU instruction sets and
+  between GPU models.
 * A shard is written to a temporary name and renamed when complete; a rerun skips complete
-  shards whose fingerprint matches and redoes the rest. ``index.json`` is written last, by
-  the run that finds every shard present (so running the command without ``--shard`` on the
-  union of the machines' outputs only writes the index).
+  shards whose fingerprint matches and redoes the rest. ``index.json`` is written last, once,
+  by the run (under torchrun: by rank 0, after every rank has finished) that finds every shard
+  present; so running the command without ``--shard`` on the union of the machines' outputs
+  only writes the index.
 * An input that cannot be read (missing, corrupt, truncated, too short, empty caption) is
   skipped and recorded in its shard's metadata and in ``summary.json``; the run goes on.
 """
@@ -36,12 +45,13 @@ import multiprocessing as mp
 import os
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from lumos.data import shards as fmt
@@ -206,7 +216,9 @@ def read_manifest(path: Path) -> list[ManifestEntry]:
         if wrong:  # a list, number or object is not a caption (nor a path)
             kind = type(row[wrong[0]]).__name__
             entries.append(
-                ManifestEntry(f"row-{n}", error=f"manifest row {n}: {wrong[0]} is a {kind}, not text")
+                ManifestEntry(
+                    f"row-{n}", error=f"manifest row {n}: {wrong[0]} is a {kind}, not text"
+                )
             )
             continue
         media, caption = str(row.get("path") or ""), str(row.get("caption") or "")
@@ -223,7 +235,8 @@ def read_manifest(path: Path) -> list[ManifestEntry]:
 
 @dataclass
 class TokenizeJob:
-    """Everything a worker needs to tokenise shards."""
+    """Everything a worker needs to tokenise shards. ``device`` and ``dtype``: where and in what
+    precision the visual tokenizer runs (the dtype it really runs in, see :func:`make_job`)."""
 
     source: WorldSource | ManifestSource
     out_dir: Path
@@ -231,6 +244,8 @@ class TokenizeJob:
     text_tokenizer: Path
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
     encode_batch: int = DEFAULT_ENCODE_BATCH
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
     identities: dict = field(default_factory=dict)
 
     @property
@@ -249,6 +264,15 @@ class TokenizeJob:
         return hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
 
     @property
+    def encoding(self) -> dict:
+        """The visual tokenizer's arithmetic: device type (not index: every GPU of a kind gives
+        the same bytes) and dtype."""
+        return {
+            "encode_device": torch.device(self.device).type,
+            "encode_dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    @property
     def settings(self) -> dict:
         """What determines the shards' content (tokenizers by hash, not path)."""
         return {
@@ -257,6 +281,7 @@ class TokenizeJob:
             "source": self.source.describe(),
             "samples_per_shard": self.samples_per_shard,
             "encode_batch": self.encode_batch,
+            **self.encoding,
             "visual_tokenizer_sha256": self.identities["visual_tokenizer"]["sha256"],
             "text_tokenizer_sha256": self.identities["text_tokenizer"]["sha256"],
         }
@@ -280,8 +305,15 @@ class Tokenizers:
     vocab: Vocabulary
 
 
-def load_tokenizers(visual_path: Path, text_path: Path) -> Tokenizers:
-    visual = load_visual_tokenizer(visual_path)
+def load_tokenizers(
+    visual_path: Path,
+    text_path: Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tokenizers:
+    """Both tokenizers; the visual one on ``device`` in ``dtype`` where it supports it (see
+    :func:`lumos.tokenizers.load_visual_tokenizer`)."""
+    visual = load_visual_tokenizer(visual_path, device=device, dtype=dtype)
     text = TextTokenizer.from_file(text_path)
     vocab = Vocabulary.from_token_lookup(
         text.token_to_id,
@@ -299,14 +331,18 @@ def make_job(
     text_tokenizer: str | os.PathLike,
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
     encode_batch: int = DEFAULT_ENCODE_BATCH,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[TokenizeJob, Tokenizers]:
-    """Validate the settings against the tokenizers and build the job (loads both tokenizers)."""
+    """Validate the settings against the tokenizers and build the job (loads both tokenizers,
+    the visual one on ``device`` in ``dtype``). The job records the dtype the visual tokenizer
+    really runs in: that of its weights (our own small tokenizer stays in float32)."""
     if len(source) < 1:
         raise LumosError("nothing to tokenize: the source has no samples (use --count >= 1)")
     if samples_per_shard < 1 or encode_batch < 1:
         raise LumosError("--samples-per-shard and --encode-batch must be >= 1")
     visual_path, text_path = Path(visual_tokenizer), Path(text_tokenizer)
-    toks = load_tokenizers(visual_path, text_path)
+    toks = load_tokenizers(visual_path, text_path, device, dtype)
     frames, fps = source.frames, source.fps
     tc = toks.visual.temporal_compression
     if frames < 2 or (frames - 1) % tc:
@@ -330,6 +366,7 @@ def make_job(
                 f"size {w}x{h} (W x H): width and height must be multiples of {GRID} pixels "
                 "(the sequence header stores them in units of 32)"
             )
+    placed_on, placed_in = _placement(toks.visual)
     job = TokenizeJob(
         source,
         Path(out_dir),
@@ -337,6 +374,8 @@ def make_job(
         text_path,
         samples_per_shard,
         encode_batch,
+        device=placed_on,
+        dtype=placed_in,
         identities={
             "visual_tokenizer": {
                 "path": str(visual_path.resolve()),
@@ -353,6 +392,14 @@ def make_job(
         },
     )
     return job, toks
+
+
+def _placement(visual: VisualTokenizer) -> tuple[str, torch.dtype]:
+    """Device and dtype of the visual tokenizer's floating weights (CPU, float32 if none)."""
+    for p in visual.parameters():
+        if p.is_floating_point():
+            return str(p.device), p.dtype
+    return "cpu", torch.float32
 
 
 # ----------------------------------------------------------------------------- one shard
@@ -378,7 +425,8 @@ def tokenize_shard(
             except Exception as err:  # any unreadable input is skipped, never fatal
                 key = _key(job.source, i)
                 failures.append({"index": i, "key": key, "error": _one_line(err)})
-        codes = _encode_grouped(toks.visual, {i: r.video for i, (r, _) in loaded.items()})
+        videos = {i: r.video for i, (r, _) in loaded.items()}
+        codes = _encode_grouped(toks.visual, videos, job.device, job.dtype)
         for i, (raw, text_ids) in loaded.items():
             fps, duration = header_timing(raw.video.shape[1], job.source.fps)
             t, h, w = codes[i].shape
@@ -423,15 +471,23 @@ def _prompt(raw: RawSample, fps: int) -> str:
     return prompt_text(raw.caption, width, height, rate, duration)
 
 
-def _encode_grouped(visual: VisualTokenizer, videos: dict[int, torch.Tensor]) -> dict:
-    """Encode videos grouped by shape (one batch per shape, in index order) -> int32 codes."""
+def _encode_grouped(
+    visual: VisualTokenizer,
+    videos: dict[int, torch.Tensor],
+    device: str | torch.device,
+    dtype: torch.dtype,
+) -> dict[int, np.ndarray]:
+    """Encode videos (float [3, T, H, W] in [-1, 1], by source index) grouped by shape: one
+    encoder call per shape, in index order, its batch moved to ``device`` in ``dtype`` ->
+    int32 codes [t, h, w] on the CPU."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, v in videos.items():
         groups.setdefault(tuple(v.shape), []).append(i)
     out = {}
     for ids in groups.values():
-        codes = visual.encode(torch.stack([videos[i] for i in ids]))
-        for i, c in zip(ids, codes.numpy().astype(np.int32), strict=True):
+        batch = torch.stack([videos[i] for i in ids]).to(device, dtype)
+        codes = visual.encode(batch).cpu().numpy().astype(np.int32)
+        for i, c in zip(ids, codes, strict=True):
             out[i] = c
     return out
 
@@ -452,11 +508,25 @@ def _one_line(err: BaseException) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(job: TokenizeJob, progress: mp.Queue, parent: int) -> None:
+@contextlib.contextmanager
+def _fixed_arithmetic() -> Iterator[None]:
+    """One intra-op thread and deterministic cuDNN kernels without TF32: the same arithmetic in
+    every process (in-process, worker or rank), hence the same bytes."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        with torch.backends.cudnn.flags(
+            enabled=True, benchmark=False, deterministic=True, allow_tf32=False
+        ):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _init_worker(job: TokenizeJob, progress: mp.Queue, parent: int) -> None:
     _WORKER.update(
         job=job,
-        toks=load_tokenizers(job.visual_tokenizer, job.text_tokenizer),
+        toks=load_tokenizers(job.visual_tokenizer, job.text_tokenizer, job.device, job.dtype),
         progress=progress,
         parent=parent,
     )
@@ -470,17 +540,14 @@ def _worker_shard(shard: int) -> dict:
             os._exit(1)
         w["progress"].put(n)
 
-    return tokenize_shard(w["job"], shard, w["toks"], report)
+    with _fixed_arithmetic():
+        return tokenize_shard(w["job"], shard, w["toks"], report)
 
 
 def _run_in_process(job: TokenizeJob, todo: list[int], toks: Tokenizers, bar: tqdm) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same arithmetic as a worker, hence the same bytes
-    try:
+    with _fixed_arithmetic():
         for shard in todo:
             tokenize_shard(job, shard, toks, bar.update)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_pool(job: TokenizeJob, todo: list[int], workers: int, bar: tqdm) -> None:
@@ -498,6 +565,43 @@ def _run_pool(job: TokenizeJob, todo: list[int], workers: int, bar: tqdm) -> Non
             bar.update(progress.get())
 
 
+# ----------------------------------------------------------------------------- ranks
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of this process's ``torch.distributed`` group ((0, 1) outside one)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_part(part: tuple[int, int], rank: int, world: int) -> tuple[int, int]:
+    """The share of ``part`` = (i, N) that rank ``rank`` of ``world`` runs, as a part of its own:
+    (i + rank * N, N * world). The ranks' shares are disjoint and together are the part, since
+    ``j % (N * world) == i + rank * N`` exactly when ``j % N == i`` and ``(j // N) % world ==
+    rank``."""
+    i, n = part
+    return i + rank * n, n * world
+
+
+def _gather_to_first(item: dict, rank: int, world: int) -> list[dict] | None:
+    """Every rank's ``item`` in rank order on rank 0 (None elsewhere); waits for all ranks."""
+    if world == 1:
+        return [item]
+    items: list | None = [None] * world if rank == 0 else None
+    dist.gather_object(item, items, dst=0)
+    return items
+
+
+def _from_first(item: dict | None, world: int) -> dict:
+    """Rank 0's ``item`` on every rank."""
+    if world == 1:
+        return item
+    box = [item]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # ----------------------------------------------------------------------------- a run
 
 
@@ -508,15 +612,21 @@ def pretokenize(
     part: tuple[int, int] = (0, 1),
     progress: bool = True,
 ) -> dict:
-    """Tokenise the shards of ``part`` = (i, N) not yet done; write the index if every shard
-    is then present. Returns the run summary (also written to ``summary.json``)."""
+    """Tokenise the shards of ``part`` = (i, N) not yet done, then write the index if every
+    shard is present. In a ``torch.distributed`` group (``torchrun``) every rank calls this
+    with the same arguments and runs its share of the part (:func:`rank_part`); rank 0 writes
+    the summary and the index once all ranks have finished. Returns the run summary (also
+    written to ``summary.json``, or ``summary-i-of-N.json`` for a part), the same on every
+    rank; only rank 0 shows progress."""
     i, n = part
     if not (n >= 1 and 0 <= i < n):
         raise LumosError(f"--shard {i}/{n}: use i/N with 0 <= i < N")
     if workers < 1:
         raise LumosError(f"--workers must be >= 1, got {workers}")
+    rank, world = process_group()
+    mine, every = rank_part(part, rank, world)
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    assigned = [j for j in range(job.num_shards) if j % n == i]
+    assigned = [j for j in range(job.num_shards) if j % every == mine]
     done = _finished_shards(job)
     for shard in assigned:  # leftovers of a killed run
         for tmp in job.out_dir.glob(f".{job.shard_path(shard).name}.*.tmp"):
@@ -524,21 +634,44 @@ def pretokenize(
     todo = [j for j in assigned if j not in done]
     total = sum(len(job.shard_range(j)) for j in todo)
     began = time.perf_counter()
-    with tqdm(total=total, unit="sample", desc="tokenize", disable=not progress) as bar:
+    desc = "tokenize" if world == 1 else f"tokenize, rank 0 of {world}"
+    with tqdm(total=total, unit="sample", desc=desc, disable=not progress or rank != 0) as bar:
         if workers == 1 or len(todo) <= 1:
             _run_in_process(job, todo, toks, bar)
         else:
             _run_pool(job, todo, min(workers, len(todo)), bar)
-    seconds = time.perf_counter() - began
+    mine_done = {
+        "shards_tokenized": len(todo),
+        "samples_tokenized": total,
+        "seconds": time.perf_counter() - began,
+        "metas": list(_finished_shards(job, assigned).values()),
+    }
+    ranks = _gather_to_first(mine_done, rank, world)
+    summary = None
+    if rank == 0:
+        summary = _summarise(job, toks, part, ranks)
+    return _from_first(summary, world)
+
+
+def _summarise(
+    job: TokenizeJob, toks: Tokenizers, part: tuple[int, int], ranks: list[dict]
+) -> dict:
+    """The run's summary from every rank's report; writes it, and the index when every shard is
+    present (called once, after all ranks have finished)."""
+    i, n = part
+    metas = sorted((m for r in ranks for m in r["metas"]), key=lambda m: m["shard"])
+    tokenized = sum(r["shards_tokenized"] for r in ranks)
+    total = sum(r["samples_tokenized"] for r in ranks)
+    seconds = max(r["seconds"] for r in ranks)
     done = _finished_shards(job)
-    metas = [done[j] for j in assigned]
     summary = {
         "fingerprint": job.fingerprint,
         "part": f"{i}/{n}",
+        "processes": len(ranks),
         "shards_total": job.num_shards,
-        "shards_assigned": len(assigned),
-        "shards_tokenized": len(todo),
-        "shards_skipped": len(assigned) - len(todo),
+        "shards_assigned": len(metas),
+        "shards_tokenized": tokenized,
+        "shards_skipped": len(metas) - tokenized,
         "samples_tokenized": total,
         "seconds": round(seconds, 3),
         "samples_per_second": round(total / seconds, 3) if total and seconds > 0 else None,
@@ -555,11 +688,11 @@ def pretokenize(
     return summary
 
 
-def _finished_shards(job: TokenizeJob) -> dict[int, dict]:
-    """Metadata of the complete shards in the output directory; a shard of another run (other
-    inputs or settings) is an error rather than silently mixed in."""
+def _finished_shards(job: TokenizeJob, shards: Iterable[int] | None = None) -> dict[int, dict]:
+    """Metadata of the complete shards in the output directory (of ``shards``, default all); a
+    shard of another run (other inputs or settings) is an error rather than silently mixed in."""
     done = {}
-    for shard in range(job.num_shards):
+    for shard in range(job.num_shards) if shards is None else shards:
         path = job.shard_path(shard)
         if not path.is_file():
             continue
@@ -605,6 +738,7 @@ def _write_index(job: TokenizeJob, toks: Tokenizers, metas: list[dict]) -> None:
         "settings": {
             "samples_per_shard": job.samples_per_shard,
             "encode_batch": job.encode_batch,
+            **job.encoding,
         },
     }
     fmt.write_json(job.out_dir / fmt.INDEX_NAME, index)

@@ -45,7 +45,8 @@ shard file that exists is complete.
 ``num_videos``, ``num_failed``, ``shards`` (per shard: ``file``, ``samples``, ``images``,
 ``videos``, ``failed``, ``sha256``), ``vocab`` (:meth:`Vocabulary.to_dict`),
 ``visual_tokenizer`` and ``text_tokenizer`` (``path``, ``sha256`` and sizes), ``source`` and
-``settings``.
+``settings`` (``samples_per_shard``, ``encode_batch``, and the visual tokenizer's
+``encode_device`` type and ``encode_dtype``).
 """
 
 from __future__ import annotations
