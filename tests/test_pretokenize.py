@@ -304,6 +304,7 @@ def test_precision_is_a_setting(tokenizers, cosmos, tmp_path):
     )
     assert bf16.encoding == {"encode_device": "cpu", "encode_dtype": "bfloat16"}
     assert fp32.encoding["encode_dtype"] == "float32" and bf16.fingerprint != fp32.fingerprint
+    assert "encode_dtype" not in fp32.settings  # CPU fp32: the fingerprints of earlier versions
     pretokenize(bf16, toks, progress=False)
     settings = fmt.read_index(tmp_path / "bf16").data["settings"]
     assert settings["encode_dtype"] == "bfloat16" and settings["encode_device"] == "cpu"

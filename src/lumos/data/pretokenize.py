@@ -67,6 +67,9 @@ from lumos.tokenizers.visual import VisualTokenizer, frames_to_video
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 DEFAULT_ENCODE_BATCH = 8
+# The only arithmetic before GPU encoding; left out of the fingerprint, so that the outputs made
+# then keep their fingerprints and still resume.
+CPU_FP32 = {"encode_device": "cpu", "encode_dtype": "float32"}
 
 
 @dataclass
@@ -274,14 +277,15 @@ class TokenizeJob:
 
     @property
     def settings(self) -> dict:
-        """What determines the shards' content (tokenizers by hash, not path)."""
+        """What determines the shards' content (tokenizers by hash, not path; the encoding
+        unless it is :data:`CPU_FP32`)."""
         return {
             "format": fmt.FORMAT,
             "version": fmt.VERSION,
             "source": self.source.describe(),
             "samples_per_shard": self.samples_per_shard,
             "encode_batch": self.encode_batch,
-            **self.encoding,
+            **({} if self.encoding == CPU_FP32 else self.encoding),
             "visual_tokenizer_sha256": self.identities["visual_tokenizer"]["sha256"],
             "text_tokenizer_sha256": self.identities["text_tokenizer"]["sha256"],
         }
