@@ -39,7 +39,7 @@ WORLD = dict(split="train", count=48, height=32, width=64, frames=9, fps=4, imag
 SETTINGS = dict(samples_per_shard=6, encode_batch=4)
 CLI_WORLD = shlex.split(
     "--world train --count 48 --height 32 --width 64 --frames 9 --image-fraction 0.3 "
-    "--fps 4 --samples-per-shard 6 --encode-batch 4 --quiet"
+    "--fps 4 --samples-per-shard 6 --encode-batch 4 --quiet --device cpu"  # as the reference
 )
 
 
@@ -336,13 +336,14 @@ def test_rank_shares_split_a_part():
 
 
 def torchrun(args: list[str], cwd: Path) -> str:
-    """``lumos tokenize ARGS`` in 2 processes (gloo, CPU) under torchrun; returns stdout."""
+    """``lumos tokenize ARGS`` in 2 processes (gloo, CPU: no GPU visible) under torchrun;
+    returns stdout."""
     script = cwd / "tokenize_cli.py"
     script.write_text(CLI)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = subprocess.run(
         [*cmd, str(script), "tokenize", *args],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
         capture_output=True,
         text=True,
         timeout=180,
