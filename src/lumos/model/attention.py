@@ -1,5 +1,5 @@
-"""Frame-causal training attention split per frame, without a dense L x L mask
-(docs/design.md, "Frame-causal attention").
+"""Frame-causal training attention without a dense L x L mask (docs/design.md, "Frame-causal
+attention"): split per frame run (SDPA; any device) or in one FlexAttention call (CUDA).
 
 ``allowed(q, k) = k <= q or (q, k in the same frame span)`` means a query inside frame span
 ``[a, b)`` sees exactly the keys ``[0, b)``, and a query outside every frame sees ``[0, q]``.
@@ -15,10 +15,18 @@ calls it instead of ``F.scaled_dot_product_attention``. It survives activation c
 Measured on CPU (``benchmarks/bench_training.py``): the decoder stack's forward + backward is
 1.1-1.5x faster than with the dense mask at 1k-8k tokens, and no L x L mask is kept per layer,
 so activation memory grows linearly with the length.
+
+On a GPU the split is launch-bound (one call per run per sample group, more in the backward):
+:class:`FlexFrameAttention` makes the same rule one FlexAttention call per layer, with a block
+mask built once per batch from the token structure (blocks wholly inside the causal part or a
+frame are computed without evaluating the mask, blocks outside it are skipped). Keys and values
+keep their ``H_kv`` heads (``enable_gqa``).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -161,9 +169,67 @@ class SplitFrameAttention:
     def __init__(self, s: TokenStructure, valid: torch.Tensor | None = None) -> None:
         self.groups = plan_runs(s, valid)
 
+    @torch.compiler.disable  # a Python loop over this batch's runs: eager inside compiled layers
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False
     ) -> torch.Tensor:
         if k.shape[2] != q.shape[2]:
             raise ValueError("SplitFrameAttention needs a full-sequence forward (no KV cache)")
         return split_attention(q, k, v, self.groups, enable_gqa)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+class FlexFrameAttention:
+    """Frame-causal attention in one FlexAttention call per layer, passed to the model in place
+    of a dense mask like :class:`SplitFrameAttention`. The block mask is built once (here, per
+    batch) and shared by every layer; the rule is :func:`lumos.sequence.structure.
+    frame_causal_mask`'s exactly (padding keys excluded, a padding query sees itself).
+
+    On CUDA FlexAttention runs compiled (a fused kernel with a backward); on the CPU only its
+    unfused forward exists, which the tests compare with the dense mask. ``block_size``: the
+    mask's tile (FlexAttention's default 128)."""
+
+    def __init__(
+        self, s: TokenStructure, valid: torch.Tensor | None = None, block_size: int = 128
+    ) -> None:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        frame = s.frame
+        B, L = frame.shape
+        keep = torch.ones_like(frame, dtype=torch.bool) if valid is None else valid.bool()
+
+        def frame_causal(b, h, q, k):
+            same_frame = (frame[b, q] == frame[b, k]) & (frame[b, q] >= 0)
+            return (((k <= q) | same_frame) & keep[b, k]) | (q == k)
+
+        self.mask_mod = frame_causal
+        self.block_mask = create_block_mask(
+            frame_causal,
+            B,
+            None,
+            L,
+            L,
+            device=frame.device,
+            BLOCK_SIZE=block_size,
+            _compile=frame.device.type != "cpu",
+        )
+
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False
+    ) -> torch.Tensor:
+        if k.shape[2] != q.shape[2]:
+            raise ValueError("FlexFrameAttention needs a full-sequence forward (no KV cache)")
+        if q.device.type != "cpu" and not torch.compiler.is_compiling():
+            attend = _compiled_flex_attention()
+            return attend(q, k, v, block_mask=self.block_mask, enable_gqa=enable_gqa)
+        from torch.nn.attention.flex_attention import flex_attention
+
+        with warnings.catch_warnings():  # the CPU (test) path is the unfused one on purpose
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(q, k, v, block_mask=self.block_mask, enable_gqa=enable_gqa)

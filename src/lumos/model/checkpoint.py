@@ -13,7 +13,8 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -189,8 +190,17 @@ def read_weights(
     stored = {t.dtype for t in read_state_dict(path, mmap=True).values() if t.is_floating_point()}
     keep = mmap and on_cpu and stored <= {dtype}  # mapped as stored: no conversion needed
     state = read_state_dict(path, mmap=keep, dtype=dtype, device=device)
-    missing = sorted(set(shapes) - set(state))
-    unexpected = sorted(set(state) - set(shapes))
+    check_shapes(path, {k: v.shape for k, v in state.items()}, shapes)
+    return state
+
+
+def check_shapes(
+    path: Path, found: Mapping[str, Sequence[int]], shapes: Mapping[str, Sequence[int]]
+) -> None:
+    """One-line errors when the checkpoint at ``path`` holds other keys (``found``) or other
+    shapes than the model expects (``shapes``)."""
+    missing = sorted(set(shapes) - set(found))
+    unexpected = sorted(set(found) - set(shapes))
     if missing or unexpected:
         parts = []
         if missing:
@@ -199,12 +209,39 @@ def read_weights(
             parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
         raise LumosError(f"checkpoint {path} does not match its config: " + "; ".join(parts))
     for k, shape in shapes.items():
-        if state[k].shape != shape:
+        if tuple(found[k]) != tuple(shape):
             raise LumosError(
-                f"checkpoint {path}: {k} has shape {tuple(state[k].shape)}, config implies "
-                f"{tuple(shape)}"
+                f"checkpoint {path}: {k} has shape {tuple(found[k])}, config implies {tuple(shape)}"
             )
-    return state
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where a stored tensor lies: ``file``, its stored ``dtype`` and ``shape``, and the byte
+    ``offset`` of its row-major data in the file."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+
+
+def checkpoint_entries(path: Path) -> dict[str, TensorEntry]:
+    """Every model tensor of the checkpoint at ``path`` (ignored prefixes dropped) as a
+    :class:`TensorEntry`; only the safetensors headers are read, so a caller can read just the
+    rows it needs (``lumos.training.sharded_load``)."""
+    entries: dict[str, TensorEntry] = {}
+    for file in weight_files(path):
+        try:
+            found = safetensors_entries(file)
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as err:
+            raise LumosError(
+                f"cannot read weights {file}: {err} (corrupt or truncated file?)"
+            ) from None
+        for name, (dtype, shape, offset) in found.items():
+            if not name.startswith(IGNORED_PREFIXES):
+                entries[name] = TensorEntry(file, dtype, tuple(shape), offset)
+    return entries
 
 
 def save_checkpoint(

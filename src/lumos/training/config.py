@@ -32,7 +32,8 @@ LRSchedule = Literal["constant", "cosine"]
 DataSource = Literal["synthetic", "shards"]
 MaskingType = Literal["tube", "random", "diffusion_forcing"]
 MaskSchedule = Literal["cosine", "linear", "arccos", "square"]  # = lumos.sequence.masking.SCHEDULES
-AttentionMode = Literal["split", "dense"]
+# Training attention: auto (flex on CUDA, split elsewhere) | split | dense | flex
+AttentionMode = Literal["auto", "split", "dense", "flex"]
 
 
 def _choice(name: str, value: Any, kind: Any) -> None:
@@ -140,6 +141,8 @@ class OptimConfig:
     schedule: LRSchedule = "constant"  # after warmup: constant | cosine
     min_lr_ratio: float = 0.1  # cosine: final LR as a fraction of lr
     grad_clip: float = 4.0  # max global gradient norm (0: no clipping)
+    # Fused AdamW kernel (one launch for all parameters): auto (on CUDA devices) | true | false
+    fused: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         self.betas = validate.pair("optim.betas", self.betas, 0, 1, kind=float, hi_open=True)
@@ -150,6 +153,8 @@ class OptimConfig:
         validate.integer("optim.warmup_steps", self.warmup_steps, 0, MAX_COUNT)
         validate.number("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
         validate.number("optim.grad_clip", self.grad_clip, 0)
+        if self.fused != "auto" and not isinstance(self.fused, bool):
+            raise LumosError(f"optim.fused {self.fused!r} unknown; choose one of auto, true, false")
 
 
 # The decoder projections LoRA may adapt (nn.Linear layers of every block; lumos.training.lora).
@@ -203,7 +208,15 @@ class TrainConfig:
     grad_accumulation: int = 1  # micro-steps per optimiser step
     precision: Precision = "auto"  # auto (bf16 on GPUs with bf16, else fp32) | bf16 | fp32
     parallel: Parallel = "auto"  # auto (fsdp on several processes) | none | ddp | fsdp
-    attention: AttentionMode = "split"  # split (per-frame runs, no L x L mask) | dense
+    # auto (flex on CUDA, split elsewhere) | split (one SDPA call per frame run, no L x L mask;
+    # the CPU path) | dense (a boolean L x L mask) | flex (one FlexAttention call per layer with
+    # a block mask; CUDA only: FlexAttention has no CPU backward)
+    attention: AttentionMode = "auto"
+    # torch.compile each decoder layer (the first steps are slower while it compiles)
+    compile: bool = False
+    # fp32 matmuls on CUDA use TF32 tensor cores (torch.set_float32_matmul_precision("high"));
+    # no effect on CPUs or on bf16 matmuls
+    tf32: bool = True
     loss_chunk_size: int = 1024  # loss positions per [chunk, codebook] logits block
     seed: int = 0  # weights, data order and masks
     output_dir: str = "runs/lumos"  # metrics, checkpoints and the final model
@@ -235,6 +248,8 @@ class TrainConfig:
         if self.threads is not None:
             validate.threads("threads", self.threads)
         validate.boolean("tensorboard", self.tensorboard)
+        validate.boolean("compile", self.compile)
+        validate.boolean("tf32", self.tf32)
         if not isinstance(self.name, str):
             raise LumosError(f"name must be text, got {self.name!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():
@@ -299,7 +314,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         try:
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise LumosError(f"override {item!r}: value is not valid YAML ({err.problem})") from None
+            raise LumosError(
+                f"override {item!r}: value is not valid YAML ({err.problem})"
+            ) from None
     return data
 
 

@@ -3,7 +3,10 @@
 Launch data parallel training with ``torchrun --nproc-per-node N``; the environment variables it
 sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) select the process group (NCCL on GPUs, gloo on
 CPUs). FSDP2 shards every decoder block and then the root (embeddings, final norm, head) with
-``fully_shard``; activation checkpointing is the model's per-block ``gradient_checkpointing``.
+``fully_shard``, on the model as built on the ``meta`` device, before it has weights (the
+trainer then loads or initialises each process's shards: ``training/sharded_load.py``); DDP
+wraps the model once it has them. Activation checkpointing is the model's per-block
+``gradient_checkpointing``.
 
 Gradient reduction: the loop scales each process's summed loss by ``world_size / global
 count`` and both wrappers average gradients over processes, which yields the gradient of the
@@ -103,31 +106,33 @@ def resolve_parallel(parallel: str, ctx: DistContext) -> str:
     return parallel
 
 
-def wrap(
-    module: nn.Module, blocks: list[nn.Module], parallel: str, ctx: DistContext, dtype: torch.dtype
-) -> nn.Module:
-    """Move ``module`` to the device and wrap it for ``parallel`` (``none``, ``ddp``, ``fsdp``).
-    ``blocks`` are sharded individually under FSDP (the decoder layers)."""
-    module.to(ctx.device)
-    if parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
+def shard(module: nn.Module, blocks: list[nn.Module], ctx: DistContext, dtype: torch.dtype) -> None:
+    """Apply FSDP2 to ``module`` in place: each of ``blocks`` (the decoder layers) is sharded on
+    its own, then the root (the rest). Works on a model built on the ``meta`` device (only the
+    split is recorded; ``to_empty`` then allocates each process's shards), as the trainer uses it
+    (docs/design.md, "Loading order"). Parameters stay fp32; ``dtype`` is the compute dtype."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        return DistributedDataParallel(
-            module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
-    if parallel == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    policy = MixedPrecisionPolicy(
+        param_dtype=dtype if dtype != torch.float32 else None, reduce_dtype=torch.float32
+    )
+    sharded = [fully_shard(block, mp_policy=policy) for block in blocks]
+    sharded.append(fully_shard(module, mp_policy=policy))
+    if dist.get_backend() == "gloo":
+        for m in sharded:
+            m.set_force_sum_reduction_for_comms(True)
 
-        policy = MixedPrecisionPolicy(
-            param_dtype=dtype if dtype != torch.float32 else None, reduce_dtype=torch.float32
-        )
-        sharded = [fully_shard(block, mp_policy=policy) for block in blocks]
-        sharded.append(fully_shard(module, mp_policy=policy))
-        if dist.get_backend() == "gloo":
-            for m in sharded:
-                m.set_force_sum_reduction_for_comms(True)
+
+def replicate(module: nn.Module, parallel: str, ctx: DistContext) -> nn.Module:
+    """``module`` (with its weights, on ``ctx.device``) wrapped for ``parallel``: DDP for
+    ``ddp``; unchanged for ``none`` and for ``fsdp`` (already sharded by :func:`shard`)."""
+    if parallel != "ddp":
         return module
-    return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+    )
 
 
 def autocast(parallel: str, ctx: DistContext, dtype: torch.dtype):

@@ -12,7 +12,10 @@ What is new and how it starts:
   both the embedding and the head, are drawn from a normal distribution with the mean and
   per-dimension standard deviation of the LLM's own rows, so new tokens start "average": their
   embeddings have the usual scale and their initial logits sit among the text logits instead
-  of dominating or vanishing.
+  of dominating or vanishing. The draws come from generators seeded per ``(seed, weight name,
+  block of rows)`` (``lumos.training.sharded_load.normal_rows``), so every process of a
+  sharded model draws just its own rows and the values do not depend on the number of
+  processes.
 * QK-norm (absent from Llama) starts as plain per-head LayerNorm (weight 1, bias 0). This
   rescales queries and keys, so the attention pattern of the LLM is not preserved exactly;
   training adapts it.
@@ -29,10 +32,18 @@ from pathlib import Path
 import torch
 
 from lumos.errors import LumosError
-from lumos.model.checkpoint import read_state_dict
+from lumos.model.checkpoint import TensorEntry, checkpoint_entries
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
 from lumos.sequence.vocab import Vocabulary
+from lumos.training.sharded_load import (
+    WeightSlots,
+    iter_rows,
+    local_rows,
+    normal_rows,
+    read_rows,
+    weight_slots,
+)
 
 SUPPORTED_TYPES = ("llama", "mistral")
 LAYER_KEYS = (
@@ -46,6 +57,7 @@ LAYER_KEYS = (
     "input_layernorm.weight",
     "post_attention_layernorm.weight",
 )
+EXTENDED = ("model.embed_tokens.weight", "lm_head.weight")  # rows beyond the LLM's are new
 
 
 def read_llm_config(path: Path) -> dict:
@@ -66,21 +78,11 @@ def read_llm_config(path: Path) -> dict:
     return data
 
 
-def _extend(rows: torch.Tensor, total: int, generator: torch.Generator) -> torch.Tensor:
-    """``rows`` [n, d] followed by ``total - n`` rows ~ N(mean, std) of ``rows`` per dimension."""
-    n, d = rows.shape
-    mean, std = rows.float().mean(0), rows.float().std(0)
-    new = mean + std * torch.randn(total - n, d, generator=generator)
-    return torch.cat([rows.float(), new]).to(rows.dtype)
-
-
-def init_from_llm(
-    path: str | Path,
-    vocabulary: Vocabulary,
-    overrides: dict | None = None,
-    seed: int = 0,
-) -> LumosModel:
-    """A LumosModel with the LLM's transformer weights and an extended vocabulary."""
+def llm_config(
+    path: str | Path, vocabulary: Vocabulary, overrides: dict | None = None
+) -> LumosConfig:
+    """The Lumos geometry of the LLM in ``path`` with ``vocabulary`` (checked: its text ids
+    must fit before the vocabulary's visual ids)."""
     path = Path(path)
     if not path.is_dir():
         raise LumosError(f"LLM directory {path} does not exist")
@@ -108,29 +110,76 @@ def init_from_llm(
     )
     if cfg.head_dim != int(llm.get("head_dim", cfg.head_dim)):
         raise LumosError(f"{path}: head_dim differs from hidden_size / num_attention_heads")
-    state = read_state_dict(path)
+    return cfg
+
+
+def _row_stats(entry: TensorEntry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation per dimension of a stored [n, d] tensor's rows,
+    read chunk by chunk (float64 sums)."""
+    n = entry.shape[0]
+    total = torch.zeros(entry.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for _, rows in iter_rows(entry, 0, n):
+        total += rows.double().sum(0)
+        squares += rows.double().square().sum(0)
+    mean = total / n
+    var = (squares - n * mean.square()) / max(n - 1, 1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
+
+
+@torch.no_grad()
+def load_llm_weights(slots: WeightSlots, cfg: LumosConfig, path: str | Path, seed: int) -> None:
+    """Write this process's rows of every weight in ``slots`` (a materialised, possibly
+    sharded model of :func:`llm_config` geometry; see ``lumos.training.sharded_load``): the
+    LLM's tensors, the new vocabulary rows drawn as the module docstring says (from generators
+    seeded per ``(seed, name, block of rows)``), identity QK-norms."""
+    path = Path(path)
+    entries = checkpoint_entries(path)
     wanted = ["model.embed_tokens.weight", "model.norm.weight"] + [
         f"model.layers.{i}.{k}" for i in range(cfg.num_hidden_layers) for k in LAYER_KEYS
     ]
-    missing = [k for k in wanted if k not in state]
+    missing = [k for k in wanted if k not in entries]
     if missing:
         raise LumosError(f"{path} lacks {len(missing)} Llama weights (e.g. {missing[:3]})")
-    head = state.get("lm_head.weight", state["model.embed_tokens.weight"])
-    if state["model.embed_tokens.weight"].shape[0] != n_text or head.shape[0] != n_text:
+    n_text = int(read_llm_config(path)["vocab_size"])
+    embed = entries["model.embed_tokens.weight"]
+    sources = {k: entries[k] for k in wanted}
+    sources["lm_head.weight"] = entries.get("lm_head.weight", embed)  # absent: tied
+    if embed.shape[0] != n_text or sources["lm_head.weight"].shape[0] != n_text:
         raise LumosError(f"{path}: embedding rows differ from config vocab_size {n_text}")
+    for k, entry in sources.items():
+        shape = getattr(*slots[k]).shape
+        expected = (n_text, *shape[1:]) if k in EXTENDED else tuple(shape)
+        if entry.shape != expected:
+            raise LumosError(f"{path}: {k} has shape {entry.shape}, expected {expected}")
+    for name, (module, attr) in slots.items():
+        param = getattr(module, attr)
+        local, start, stop = local_rows(param)
+        if name not in sources:  # QK-norm: identity (weight 1, bias 0)
+            local.fill_(1.0 if attr == "weight" else 0.0)
+            continue
+        read_rows(sources[name], start, min(stop, n_text), local)
+        if name in EXTENDED and stop > n_text:
+            mean, std = _row_stats(sources[name])
+            new_shape = (param.shape[0] - n_text, *param.shape[1:])
+            first = max(start, n_text)
+            for a, z in normal_rows(seed, name, new_shape, first - n_text, stop - n_text):
+                row = a + n_text - start
+                local[row : row + len(z)].copy_(mean + std * z)
 
-    model = LumosModel(cfg)
-    generator = torch.Generator().manual_seed(seed)
-    new = {k: state[k] for k in wanted}
-    new["model.embed_tokens.weight"] = _extend(
-        state["model.embed_tokens.weight"], cfg.vocab_size, generator
-    )
-    new["lm_head.weight"] = _extend(head, cfg.vocab_size, generator)
-    current = model.state_dict()
-    for k, v in new.items():
-        if v.shape != current[k].shape:
-            raise LumosError(
-                f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(current[k].shape)}"
-            )
-    model.load_state_dict(new, strict=False)  # QK-norm keeps its identity initialisation
+
+def init_from_llm(
+    path: str | Path,
+    vocabulary: Vocabulary,
+    overrides: dict | None = None,
+    seed: int = 0,
+) -> LumosModel:
+    """A LumosModel on the CPU with the LLM's transformer weights and an extended vocabulary
+    (one process; the trainer fills its sharded model with :func:`load_llm_weights`)."""
+    cfg = llm_config(path, vocabulary, overrides)
+    with torch.device("meta"):
+        model = LumosModel(cfg)
+    model.to_empty(device="cpu")
+    load_llm_weights(weight_slots(model), cfg, path, seed)
+    model.init_buffers()
     return model

@@ -19,7 +19,7 @@ positions. Logits are only formed for those positions, chunk by chunk, by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import get_args
 
 import torch
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumos.errors import LumosError
-from lumos.model.attention import SplitFrameAttention
+from lumos.model.attention import FlexFrameAttention, SplitFrameAttention
 from lumos.model.transformer import LumosModel
 from lumos.sequence.masking import SCHEDULES
 from lumos.sequence.structure import TokenStructure, token_structure
@@ -207,18 +207,30 @@ class LossOutput:
         return self.loss_sum / max(self.count, 1)
 
 
+def resolve_attention(mode: AttentionMode, device: torch.device) -> AttentionMode:
+    """The training attention on ``device``: ``auto`` is ``flex`` on CUDA and ``split``
+    elsewhere; ``flex`` elsewhere is an error (FlexAttention has no CPU backward)."""
+    if mode == "auto":
+        return "flex" if device.type == "cuda" else "split"
+    if mode == "flex" and device.type != "cuda":
+        raise LumosError(
+            f"attention flex needs a CUDA device (FlexAttention has no backward on "
+            f"{device.type}); use auto, split or dense"
+        )
+    return mode
+
+
 class ARDFObjective(nn.Module):
     """The model plus its loss, as one module for DDP/FSDP wrapping (their hooks run on
-    ``forward``). ``attention``: ``split`` (per-frame runs) or ``dense`` (boolean mask)."""
+    ``forward``). ``attention``: ``split`` (per-frame runs), ``dense`` (boolean mask) or
+    ``flex`` (one FlexAttention call per layer; see :func:`resolve_attention`)."""
 
     def __init__(
         self, model: LumosModel, chunk_size: int = 1024, attention: AttentionMode = "split"
     ) -> None:
         super().__init__()
-        if attention not in get_args(AttentionMode):
-            raise LumosError(
-                f"attention {attention!r} unknown; choose one of {list(get_args(AttentionMode))}"
-            )
+        if attention not in get_args(AttentionMode) or attention == "auto":
+            raise LumosError(f"attention {attention!r} unknown; choose one of split, dense, flex")
         self.model, self.chunk_size, self.attention = model, chunk_size, attention
 
     def forward(
@@ -231,10 +243,14 @@ class ARDFObjective(nn.Module):
         model = self.model
         valid = attention_mask.bool()
         positions, s = model.positions(targets, valid)  # structure of the clean sequence
-        if self.attention == "split":
-            mask = SplitFrameAttention(s, valid)
-        else:
+        if self.attention == "dense":
             mask = model.attention_mask(s, valid)
+        else:
+            # Without frame-bidirectional attention (an ablation) every token is causal.
+            causal = replace(s, frame=torch.full_like(s.frame, -1))
+            spans = s if model.config.frame_bidirectional else causal
+            attend = SplitFrameAttention if self.attention == "split" else FlexFrameAttention
+            mask = attend(spans, valid)
         h, _ = model.hidden(input_ids, positions, mask)
         start, stop = model.vocab.visual_range
         loss_sum, losses = visual_cross_entropy(

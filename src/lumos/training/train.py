@@ -38,7 +38,8 @@ from lumos import validate
 from lumos.atomic import write_text
 from lumos.data.kinds import KINDS, kinds_used, step_kind
 from lumos.errors import LumosError
-from lumos.model.config import MODEL_PRESETS
+from lumos.model.checkpoint import read_config
+from lumos.model.config import MODEL_PRESETS, LumosConfig
 from lumos.model.transformer import LumosModel
 from lumos.sequence.vocab import Vocabulary
 from lumos.training import distributed, lora
@@ -54,7 +55,8 @@ from lumos.training.checkpointing import (
     set_rng_state,
 )
 from lumos.training.config import ModelConfig, TrainConfig
-from lumos.training.objective import ARDFObjective, Batch, LossOutput, collate
+from lumos.training.objective import ARDFObjective, Batch, LossOutput, collate, resolve_attention
+from lumos.training.sharded_load import WeightSlots, init_weights, load_weights, weight_slots
 from lumos.training.sources import BatchSource, MixedSource, SyntheticSource, sample_seed
 
 MAX_FRAMES = 64  # per-frame statistics are kept for latent frames 0 .. MAX_FRAMES - 1
@@ -93,7 +95,9 @@ class StepStats:
     def all_reduce(self, ctx: distributed.DistContext) -> StepStats:
         """Sum over processes in place, in one collective."""
         packed = ctx.all_reduce(
-            torch.cat([self.loss_sum[None], self.tokens[None], self.frame_loss_sum, self.frame_count])
+            torch.cat(
+                [self.loss_sum[None], self.tokens[None], self.frame_loss_sum, self.frame_count]
+            )
         )
         self.loss_sum, self.tokens = packed[0], packed[1]
         self.frame_loss_sum, self.frame_count = packed[2:].split(MAX_FRAMES)
@@ -145,22 +149,44 @@ def resolve_vocabulary(spec: str, shards: Sequence[str]) -> Vocabulary:
         raise LumosError(f"model.vocabulary {path}: ids must be integers ({err})") from None
 
 
-def build_model(cfg: ModelConfig, shards: Sequence[str] = ()) -> LumosModel:
-    """From scratch (seeded by the caller), a Lumos checkpoint, or a text-only LLM.
-    ``shards``: the training token datasets (for ``vocabulary: data``)."""
+def model_config(cfg: ModelConfig, shards: Sequence[str] = ()) -> LumosConfig:
+    """The geometry to train: a preset, a Lumos checkpoint's (its geometry wins) or a text
+    LLM's. ``shards``: the training token datasets (for ``vocabulary: data``)."""
     if cfg.init_from:
-        model = LumosModel.from_pretrained(cfg.init_from).train()
-    elif cfg.init_from_llm:
-        from lumos.training.llm_init import init_from_llm
+        return read_config(cfg.init_from)
+    vocab = resolve_vocabulary(cfg.vocabulary, shards)
+    if cfg.init_from_llm:
+        from lumos.training.llm_init import llm_config
 
-        model = init_from_llm(
-            cfg.init_from_llm, resolve_vocabulary(cfg.vocabulary, shards), cfg.overrides
-        )
-    else:
-        vocab = resolve_vocabulary(cfg.vocabulary, shards)
-        model = LumosModel(MODEL_PRESETS[cfg.geometry](vocab, **cfg.overrides))
+        return llm_config(cfg.init_from_llm, vocab, cfg.overrides)
+    return MODEL_PRESETS[cfg.geometry](vocab, **cfg.overrides)
+
+
+def build_model(cfg: ModelConfig, shards: Sequence[str] = ()) -> LumosModel:
+    """The model to train, on the ``meta`` device: shapes only, no memory. Shard it (FSDP),
+    give it storage (``to_empty``), then :func:`fill_weights` (docs/design.md, "Loading
+    order")."""
+    with torch.device("meta"):
+        model = LumosModel(model_config(cfg, shards))
     model.gradient_checkpointing = cfg.gradient_checkpointing
-    return model.float().train()
+    return model.train()
+
+
+def fill_weights(model: LumosModel, slots: WeightSlots, cfg: ModelConfig, seed: int) -> None:
+    """Write this process's part of every weight in ``slots`` (``weight_slots`` of a
+    :func:`build_model` result, after sharding and ``to_empty``): the checkpoint's tensors
+    (``init_from``), the LLM's (``init_from_llm``) or fresh ones; then the model's buffers.
+    Fresh values do not depend on the number of processes (``training/sharded_load.py``)."""
+    if cfg.init_from:
+        load_weights(slots, cfg.init_from)
+    elif cfg.init_from_llm:
+        from lumos.training.llm_init import load_llm_weights
+
+        load_llm_weights(slots, model.config, cfg.init_from_llm, seed)
+    else:
+        init_weights(slots, seed, model.config.initializer_range)
+    model.init_buffers()
+    model.rope_axes = model.rope_axes.to(model.lm_head.weight.device)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -267,7 +293,9 @@ class Trainer:
             cfg.output_dir, "dir", [*cfg.data.shards, *cfg.data.validation_shards], "output_dir"
         )
         starts = [cfg.model.init_from, cfg.model.init_from_llm]
-        validate.output_path(self.out / "model", "dir", starts, "the final model (output_dir/model)")
+        validate.output_path(
+            self.out / "model", "dir", starts, "the final model (output_dir/model)"
+        )
         if cfg.lora.rank:
             validate.output_path(self.out / "adapter", "dir", starts, "output_dir/adapter")
         if cfg.threads:
@@ -281,9 +309,10 @@ class Trainer:
         if source is None:
             check_data(cfg)
 
-        torch.manual_seed(cfg.seed)  # identical initial weights on every process
-        model = build_model(cfg.model, cfg.data.shards)
-        # LoRA: adapters injected before wrapping, base frozen (PEFT's wrapper kept for saving)
+        torch.manual_seed(cfg.seed)  # the global generator (LoRA's A, dropout) starts from the seed
+        model = build_model(cfg.model, cfg.data.shards)  # meta device: no memory yet
+        weights = weight_slots(model)  # the model's own weights, named as in checkpoints
+        # LoRA: adapters injected before sharding, base frozen (PEFT's wrapper kept for saving)
         self.adapted = None
         if cfg.lora.rank:
             self.adapted = lora.apply_lora(model, cfg.lora, cfg.model.init_from)
@@ -291,15 +320,34 @@ class Trainer:
         self.num_trained = lora.trainable_count(model)
         self.vocab = model.vocab
         self.model_config = model.config
-        objective = ARDFObjective(model, cfg.loss_chunk_size, cfg.attention)
-        self.module = distributed.wrap(
-            objective, list(model.model.layers), self.parallel, self.ctx, self.dtype
+        if cfg.compile:
+            for layer in model.model.layers:
+                layer.compile()
+        self.attention = resolve_attention(cfg.attention, self.ctx.device)
+        objective = ARDFObjective(model, cfg.loss_chunk_size, self.attention)
+        # Shard the meta model, give each process storage for its shards only, then load or
+        # initialise just those (docs/design.md, "Loading order"); DDP wraps the filled model.
+        if self.parallel == "fsdp":
+            distributed.shard(objective, list(model.model.layers), self.ctx, self.dtype)
+        objective.to_empty(device=self.ctx.device)
+        fill_weights(model, weights, cfg.model, cfg.seed)
+        if self.adapted is not None:  # adapters were added on the meta device: values now
+            torch.manual_seed(cfg.seed)  # A drawn from the global generator, B zero
+            for module in model.modules():
+                if hasattr(module, "reset_lora_parameters"):
+                    module.reset_lora_parameters("default", True)
+        self.module = distributed.replicate(objective, self.parallel, self.ctx)
+        if cfg.tf32 and self.ctx.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores
+        fused = cfg.optim.fused is True or (
+            cfg.optim.fused == "auto" and self.ctx.device.type == "cuda"
         )
         self.optimizer = torch.optim.AdamW(
             param_groups(self.module, cfg.optim.weight_decay),
             lr=cfg.optim.lr,
             betas=cfg.optim.betas,
             eps=cfg.optim.eps,
+            fused=fused,
         )
         self.source = source or make_source(cfg, self.vocab, self.ctx, "train")
         self.validation_sources = validation_sources or functools.partial(
@@ -543,7 +591,6 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         return rows
-
 
     def _divergence(self, metrics: dict) -> str:
         last = latest_checkpoint(self.out / "checkpoints")
