@@ -45,23 +45,21 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 def _peft():
     try:
         import peft
-    except ImportError:
+    except ImportError as err:  # absent, or installed but broken (e.g. a transformers mismatch)
         raise LumosError(
-            "LoRA needs PEFT: pip install 'lumos[lora]' (or pip install peft)"
+            f"LoRA needs PEFT, which did not import ({err}); pip install 'lumos[lora]'"
         ) from None
     return peft
 
 
-def peft_config(cfg: LoraConfig, base: str | None = None, inference: bool = False):
-    """PEFT's ``LoraConfig`` for ``cfg``; ``base`` is recorded as the model trained from."""
+def peft_config(cfg: LoraConfig):
+    """PEFT's ``LoraConfig`` for ``cfg``."""
     return _peft().LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
         bias="none",
-        inference_mode=inference,
-        base_model_name_or_path=base,
     )
 
 
@@ -71,7 +69,10 @@ def apply_lora(model: LumosModel, cfg: LoraConfig, base: str | None = None) -> P
     Returns PEFT's wrapper, needed to save the adapter; keep training ``model`` itself."""
     if cfg.rank <= 0:
         raise LumosError(f"lora.rank must be positive to add adapters, got {cfg.rank}")
-    return _peft().get_peft_model(model, peft_config(cfg, base))
+    adapted = _peft().get_peft_model(model, peft_config(cfg))
+    # Set afterwards: get_peft_model overwrites it with the (absent) model.name_or_path.
+    adapted.peft_config["default"].base_model_name_or_path = base
+    return adapted
 
 
 def _base_prefix(adapted: PeftModel) -> str:
@@ -89,7 +90,10 @@ def adapter_state(
     if model_state is not None:
         prefix = _base_prefix(adapted)
         model_state = {prefix + k: v for k, v in model_state.items()}
-    return peft.get_peft_model_state_dict(adapted, state_dict=model_state)
+    # No embedding layers are adapted (saying so skips PEFT's check of a transformers config).
+    return peft.get_peft_model_state_dict(
+        adapted, state_dict=model_state, save_embedding_layers=False
+    )
 
 
 def save_adapter(
@@ -146,7 +150,9 @@ def load_adapter(model: LumosModel, path: str | os.PathLike) -> PeftModel:
             f"{path / ADAPTER_WEIGHTS} is not a readable safetensors file ({err})"
         ) from None
     peft = _peft()
-    adapted = peft.get_peft_model(model, config)
+    base, config.base_model_name_or_path = config.base_model_name_or_path, None
+    adapted = peft.get_peft_model(model, config)  # (it would replace a recorded base by None)
+    config.base_model_name_or_path = base
     expected = adapter_state(adapted)
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
