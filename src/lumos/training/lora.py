@@ -21,7 +21,9 @@ PEFT is imported only when a function here runs, so lumos works without it.
 
 from __future__ import annotations
 
+import math
 import os
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,7 @@ from lumos.atomic import atomic_dir
 from lumos.errors import LumosError
 from lumos.model.transformer import LumosModel
 from lumos.training.config import LORA_TARGETS, LoraConfig
+from lumos.training.sources import sample_seed
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -65,7 +68,8 @@ def peft_config(cfg: LoraConfig):
 
 def apply_lora(model: LumosModel, cfg: LoraConfig, base: str | None = None) -> PeftModel:
     """Inject fresh adapters (rank ``cfg.rank`` > 0) into ``model`` in place and freeze every
-    other weight. ``A`` is drawn from torch's global generator (seed it first), ``B`` is zero.
+    other weight. ``A`` is drawn from torch's global generator, ``B`` is zero (on a ``meta``
+    model: nothing is drawn; :func:`init_adapters` gives the values once it has storage).
     Returns PEFT's wrapper, needed to save the adapter; keep training ``model`` itself."""
     if cfg.rank <= 0:
         raise LumosError(f"lora.rank must be positive to add adapters, got {cfg.rank}")
@@ -73,6 +77,26 @@ def apply_lora(model: LumosModel, cfg: LoraConfig, base: str | None = None) -> P
     # Set afterwards: get_peft_model overwrites it with the (absent) model.name_or_path.
     adapted.peft_config["default"].base_model_name_or_path = base
     return adapted
+
+
+@torch.no_grad()
+def init_adapters(model: nn.Module, seed: int) -> None:
+    """Values for adapters injected on the ``meta`` device, once the model has storage (after
+    ``to_empty``, possibly sharded): ``A`` as PEFT draws it (Kaiming-uniform with
+    ``a = sqrt(5)``, i.e. uniform in +-1/sqrt(in)) from a generator of its own seeded by
+    ``(seed, parameter name)``, ``B`` zero. Each process writes only the rows it holds, so the
+    values do not depend on the number of processes."""
+    from lumos.training.sharded_load import local_rows
+
+    for name, param in model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            local, start, stop = local_rows(param)
+            if ".lora_B." in name:
+                local.zero_()
+                continue
+            gen = torch.Generator().manual_seed(sample_seed(seed, zlib.crc32(name.encode()), 0))
+            full = nn.init.kaiming_uniform_(torch.empty(param.shape), a=math.sqrt(5), generator=gen)
+            local.copy_(full[start:stop])
 
 
 def _base_prefix(adapted: PeftModel) -> str:

@@ -332,10 +332,7 @@ class Trainer:
         objective.to_empty(device=self.ctx.device)
         fill_weights(model, weights, cfg.model, cfg.seed)
         if self.adapted is not None:  # adapters were added on the meta device: values now
-            torch.manual_seed(cfg.seed)  # A drawn from the global generator, B zero
-            for module in model.modules():
-                if hasattr(module, "reset_lora_parameters"):
-                    module.reset_lora_parameters("default", True)
+            lora.init_adapters(model, cfg.seed)
         self.module = distributed.replicate(objective, self.parallel, self.ctx)
         if cfg.tf32 and self.ctx.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores
