@@ -106,7 +106,7 @@ def resolve_parallel(parallel: str, ctx: DistContext) -> str:
     return parallel
 
 
-def shard(module: nn.Module, blocks: list[nn.Module], ctx: DistContext, dtype: torch.dtype) -> None:
+def shard(module: nn.Module, blocks: list[nn.Module], dtype: torch.dtype) -> None:
     """Apply FSDP2 to ``module`` in place: each of ``blocks`` (the decoder layers) is sharded on
     its own, then the root (the rest). Works on a model built on the ``meta`` device (only the
     split is recorded; ``to_empty`` then allocates each process's shards), as the trainer uses it

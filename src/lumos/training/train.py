@@ -328,7 +328,7 @@ class Trainer:
         # Shard the meta model, give each process storage for its shards only, then load or
         # initialise just those (docs/design.md, "Loading order"); DDP wraps the filled model.
         if self.parallel == "fsdp":
-            distributed.shard(objective, list(model.model.layers), self.ctx, self.dtype)
+            distributed.shard(objective, list(model.model.layers), self.dtype)
         objective.to_empty(device=self.ctx.device)
         fill_weights(model, weights, cfg.model, cfg.seed)
         if self.adapted is not None:  # adapters were added on the meta device: values now
@@ -557,7 +557,8 @@ class Trainer:
                 f"{self.model_config.num_hidden_layers} layers, hidden {self.model_config.hidden_size}, "
                 f"{self.num_parameters:,} parameters ({self.num_trained:,} trained), "
                 f"{self.ctx.world_size} process(es), parallel {self.parallel}, {str(self.dtype).removeprefix('torch.')}, "
-                f"device {self.ctx.device}"
+                f"device {self.ctx.device}, attention {self.attention}"
+                + (", compiled layers" if self.cfg.compile else "")
             )
         while self.step < cfg.steps:
             start = time.perf_counter()
