@@ -5,7 +5,7 @@
   into the four 9-frame windows that share their boundary frames (0-8, 8-16, 16-24, 24-32), each
   judged by the analyser: colour, shape and object count per window. The sliding window
   (default) and the naive whole-clip context (``window`` = the clip) run side by side.
-* ``schedule``: 4 segments of 8 RGB frames (boundaries on latent frames 0, 2, 4, 6) with
+* ``schedule``: 4 segments (RGB frames 0-8, 9-16, 17-24, 25-32: latent frames 0, 3, 5, 7 on) with
   alternating directions (right/left/right/left or up/down/up/down), one held-in object; each
   segment's 9 frames (0-8, 8-16, ...) must show its direction, colour and shape.
 * ``continuation``: a rendered held-out world clip (9 frames) continued by 16 frames; the new

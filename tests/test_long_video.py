@@ -19,7 +19,7 @@ def gens(n, seed=0):
 def windowed(model, segments, num_frames, window, **kw):
     out = generate_windowed(model, segments, num_frames, 2, 3, window, 1, 8, config=CFG,
                             generator=gens(len(segments[0][1])), **kw)  # fmt: skip
-    return torch.stack([c for _, c in out], 1)
+    return torch.stack([c for _, c, _ in out], 1)
 
 
 def test_a_clip_that_fits_the_window_is_plain_generation():
@@ -46,7 +46,7 @@ def test_the_model_never_sees_more_than_the_window(monkeypatch):
     seen.clear()
     given = torch.randint(0, 256, (1, 1, 2, 3))
     codes = generate_windowed(model, [(0, [[5, 6]])], 6, 2, 3, 3, 1, 8, given, CFG, gens(1))
-    assert [f for f, _ in codes] == [1, 2, 3, 4, 5] and seen == [3, 3, 3, 3]
+    assert [f for f, _, _ in codes] == [1, 2, 3, 4, 5] and seen == [3, 3, 3, 3]
 
 
 def test_prompt_schedule_switches_text_at_segment_boundaries(monkeypatch):
@@ -63,6 +63,40 @@ def test_prompt_schedule_switches_text_at_segment_boundaries(monkeypatch):
     assert texts == [5, 6, 7, 7]  # frames 0-1, 2-3 (window not full yet), then 4 and 5 alone
     with pytest.raises(LumosError, match="segments"):
         windowed(model, [(1, [[5]])], 6, window=5)
+
+
+def test_restart_begins_each_later_segment_as_image_to_video(monkeypatch):
+    model = tiny_model()
+    calls = []
+    real = lv.generate_frames
+
+    def spy(model, text_ids, num_frames, h, w, duration, fps, given, *args, **kw):
+        calls.append((text_ids[0][0], num_frames, None if given is None else given.clone()))
+        return real(model, text_ids, num_frames, h, w, duration, fps, given, *args, **kw)
+
+    monkeypatch.setattr(lv, "generate_frames", spy)
+    clips = []
+
+    def restart(clip):  # stands in for "image latent of the clip's last RGB frame"
+        clips.append(clip.clone())
+        return (clip[:, -1:] + 1) % 256
+
+    out = list(generate_windowed(model, [(0, [[5]]), (3, [[6]]), (5, [[7]])], 8, 2, 3, 3, 1, 8,
+                                 config=CFG, generator=gens(1), restart=restart))  # fmt: skip
+    assert [f for f, _, _ in out] == list(range(8))
+    made = torch.stack([c for _, c, _ in out], 1)
+    anchors = [f for f, _, a in out if a is not None]
+    assert anchors == [3, 5]  # the first frame of each later segment carries its anchor
+    # segment 0: frames 0-2 in one window; segment 1 restarts from frames 0-2's last frame
+    assert torch.equal(clips[0], made[:, :3]) and torch.equal(clips[1], torch.cat(
+        [(made[:, 2:3] + 1) % 256, made[:, 3:5]], 1))  # fmt: skip
+    assert [t for t, _, _ in calls] == [5, 6, 7, 7]
+    seg1 = calls[1]  # the anchor then segment 1's two frames
+    assert seg1[1] == 3 and torch.equal(seg1[2], (made[:, 2:3] + 1) % 256)
+    assert torch.equal(out[3][2], seg1[2])
+    # within a restarted clip the anchor stays as a given frame while frames slide
+    anchor2 = (made[:, 4:5] + 1) % 256
+    assert torch.equal(calls[3][2], torch.cat([anchor2, made[:, 6:7]], 1))
 
 
 def test_pipeline_continuation_and_schedule():

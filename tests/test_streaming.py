@@ -57,3 +57,77 @@ def test_stream_checks_inputs_before_the_first_frame(pipe):
 
     with pytest.raises(LumosError):
         pipe.stream("a red circle moves up", num_frames=6)
+
+
+def test_schedule_stream_equals_call(pipe):
+    """A prompt schedule restarts the clip at each later segment; streaming follows it."""
+    prompts = ["a red circle moves to the right", "a red circle moves to the left"]
+    kw = dict(num_frames=21, num_inference_steps=2, segment_frames=8)  # segments 0-8, 9-20
+    out = pipe(prompts, generator=torch.Generator().manual_seed(3), **kw)
+    chunks = list(pipe.stream(prompts, generator=torch.Generator().manual_seed(3), **kw))
+    assert torch.equal(torch.cat([c.codes for c in chunks], 1), out.codes)
+    streamed = np.concatenate([c.frames for c in chunks], axis=1).astype(int)
+    assert streamed.shape == out.frames.shape == (1, 21, 64, 64, 3)
+    assert np.abs(streamed - out.frames).max() <= 1
+    # the second segment is its own clip: decoding all codes as one clip differs there
+    whole = pipe.decode(out.codes)
+    assert np.array_equal(whole[:, :9], out.frames[:, :9])
+    assert not np.array_equal(whole[:, 9:], out.frames[:, 9:])
+
+
+@pytest.fixture(scope="module")
+def cosmos(tmp_path_factory):
+    """The native Cosmos tokenizer converted from the narrow official fixture."""
+    from conftest import OFFICIAL
+    from lumos.cli.main import main
+    from lumos.tokenizers import load_visual_tokenizer
+
+    out = tmp_path_factory.mktemp("cosmos") / "native"
+    narrow = OFFICIAL / "cosmos_dv4x8x8_narrow"
+    assert main(["convert-cosmos", str(narrow), str(out), "--trust-torchscript"]) == 0
+    return load_visual_tokenizer(out)
+
+
+def test_cosmos_stream_decoder_decodes_each_latent_frame_once(cosmos):
+    codes = torch.randint(
+        0, cosmos.codebook_size, (2, 6, 3, 4), generator=torch.Generator().manual_seed(1)
+    )
+    whole = cosmos.decode(codes)
+    seen = []
+    real = cosmos._decode_chunk
+    cosmos._decode_chunk = lambda x, *a, **k: seen.append(x.shape[1]) or real(x, *a, **k)
+    try:
+        dec = cosmos.stream_decoder()
+        parts = [dec(codes[:, :1]), dec(codes[:, 1:2]), dec(codes[:, 2:3]), dec(codes[:, 3:6])]
+    finally:
+        del cosmos._decode_chunk
+    assert [p.shape[2] for p in parts] == [1, 4, 4, 12]
+    torch.testing.assert_close(torch.cat(parts, 2), whole, atol=1e-5, rtol=1e-5)
+    assert sum(seen) == 6  # every latent frame decoded once: no re-decoding of the prefix
+
+
+@pytest.mark.parametrize("schedule", [False, True])
+def test_stream_equals_call_with_cosmos(pipe, cosmos, schedule):
+    import dataclasses
+
+    from lumos import LumosConfig, LumosModel
+    from lumos.generation.pipeline import PipelineDefaults
+
+    torch.manual_seed(0)
+    vocab = dataclasses.replace(pipe.model.vocab, codebook_size=cosmos.codebook_size)
+    model = LumosModel(LumosConfig.tiny(vocabulary=vocab, vocab_size=vocab.size)).eval()
+    defaults = PipelineDefaults(height=32, width=48, num_frames=9, num_inference_steps=2)
+    cpipe = LumosPipeline(model, pipe.text_tokenizer, cosmos, defaults)
+    prompts = ["a red circle moves up", "a red circle moves down"]
+    kw = dict(num_frames=17)  # 5 latent frames through a 3-frame window
+    if schedule:
+        kw["segment_frames"] = 8
+    else:
+        prompts = prompts[:1]
+    out = cpipe(prompts, generator=torch.Generator().manual_seed(4), **kw)
+    chunks = list(cpipe.stream(prompts, generator=torch.Generator().manual_seed(4), **kw))
+    assert [c.frames.shape[1] for c in chunks] == [1, 4, 4, 4, 4]
+    assert torch.equal(torch.cat([c.codes for c in chunks], 1), out.codes)
+    streamed = np.concatenate([c.frames for c in chunks], axis=1).astype(int)
+    assert streamed.shape == out.frames.shape == (1, 17, 32, 48, 3)
+    assert np.abs(streamed - out.frames).max() <= 1

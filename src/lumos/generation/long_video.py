@@ -10,12 +10,17 @@ most ``window`` frames: memory and time per latent frame stop growing once the w
 Until then (and for a clip no longer than the window) a single call makes every frame exactly as
 ``generate_frames`` does.
 
+A prompt schedule's later segments either carry the latent history on (the new prompt over the
+previous segment's frames) or, with ``restart``, begin a new clip from the previous segment's
+last RGB frame as image-to-video (its image latent given by ``restart``): the model then sees a
+prompt and frames that agree, as in training, and the switch shows no transition frames.
+
 Units: latent frames and latent tokens throughout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -47,8 +52,9 @@ def generate_windowed(
     callback: StepCallback | None = None,
     compile: bool = False,
     history: torch.Tensor | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(f, codes [B, h, w])`` for latent frames ``t0 + th .. num_frames - 1``.
+    restart: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(f, codes [B, h, w], anchor)`` for latent frames ``t0 + th .. num_frames - 1``.
 
     ``given_frames`` [B, t0, h, w] stay in every window (image-to-video); ``history``
     [B, th, h, w] are frames that came before (video continuation): they slide out of the
@@ -57,7 +63,13 @@ def generate_windowed(
     ``segments``: ``(start, text_ids)`` in increasing ``start`` order, the first at 0; frame
     ``f`` follows the last segment starting at or before it. ``window``: latent frames the model
     sees at once (given ones included), at least ``t0 + 2``. ``duration``/``fps``: the header
-    timing of a ``window``-frame clip (what the model was trained with)."""
+    timing of a ``window``-frame clip (what the model was trained with).
+
+    ``restart`` maps the codes of the clip so far [B, t, h, w] to the image latent [B, 1, h, w]
+    of its last RGB frame; given, each later segment starts a new clip from it (image-to-video;
+    the given frames and history of the earlier clip are no longer seen) and the first frame of
+    that clip comes with ``anchor`` = that latent (the clip to decode it in is ``anchor`` then
+    the new frames). Otherwise ``anchor`` is always None and one clip runs through."""
     starts = [s for s, _ in segments]
     if not segments or starts[0] != 0 or starts != sorted(set(starts)):
         raise LumosError("segments must start at latent frame 0 and in increasing order")
@@ -75,24 +87,31 @@ def generate_windowed(
     gens = device_generators(generator, B, model.lm_head.weight.device)
     return _windowed(
         model, segments, num_frames, height, width, window, duration, fps, given_frames,
-        config, gens, callback, compile, history,
+        config, gens, callback, compile, history, restart,
     )  # fmt: skip
 
 
 def _windowed(
     model, segments, num_frames, height, width, window, duration, fps, given_frames, config,
-    gens, callback, compile, history,
+    gens, callback, compile, history, restart,
 ):  # fmt: skip
-    t0 = 0 if given_frames is None else given_frames.shape[1]
     device = model.lm_head.weight.device
+    if given_frames is not None:
+        given_frames = given_frames.to(device)
+    t0 = 0 if given_frames is None else given_frames.shape[1]
     # frames that can slide out of the window, [B, h, w] each (device)
     made = [] if history is None else list(history.to(device).unbind(1))
     f = t0 + len(made)
+    anchor = None
     while f < num_frames:
         seg = max(i for i, (s, _) in enumerate(segments) if s <= f)
         seg_end = segments[seg + 1][0] if seg + 1 < len(segments) else num_frames
+        if restart is not None and seg > 0 and f == segments[seg][0]:  # a new clip
+            clip = [given_frames] if t0 else []
+            anchor = restart(torch.cat(clip + [c[:, None] for c in made], 1)).to(device)
+            given_frames, t0, made = anchor, 1, []
         recent = made[len(made) - min(len(made), window - 1 - t0) :]
-        context = ([given_frames.to(device)] if t0 else []) + [c[:, None] for c in recent]
+        context = ([given_frames] if t0 else []) + [c[:, None] for c in recent]
         given = torch.cat(context, 1) if context else None
         n_given = 0 if given is None else given.shape[1]
         new = min(window - n_given, seg_end - f, num_frames - f)
@@ -106,5 +125,6 @@ def _windowed(
             gens, relay, compile,
         ):  # fmt: skip
             made.append(codes)
-            yield f + k - n_given, codes
+            yield f + k - n_given, codes, anchor
+            anchor = None
         f += new

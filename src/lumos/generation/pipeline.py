@@ -356,7 +356,10 @@ class LumosPipeline:
         frame 0), a list gives each segment's RGB start frame (0, then 1 + multiples of the
         temporal compression: the first frame of a latent frame). ``video`` (uint8
         [T, H, W, 3]) is continued: its last frames that fit the window are the start.
-        ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
+        A schedule's later segments each start a new clip, image-to-video from the last RGB
+        frame before them: ``codes`` holds every clip's generated frames in order, ``frames``
+        each clip decoded on its own (so ``decode(codes)`` equals ``frames`` only without a
+        schedule). ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
         compiles, at most two graphs per request shape). ``decode=False`` skips the visual
         decoder: ``frames`` is None (:meth:`decode` turns codes into frames later)."""
         request = self._request(
@@ -364,10 +367,18 @@ class LumosPipeline:
             history_mask_ratio, image, temperature, sample_temperature, top_k,
             official_temperature, fps, window, segment_frames, video,
         )  # fmt: skip
-        codes = torch.cat(
-            [c for c in self._codes(request, generator, callback, compile, stream=False)], 1
-        ).cpu()
-        frames = self.decode(codes) if decode else None
+        clips: list[list[torch.Tensor]] = []  # each: [anchor,] codes... (see _codes)
+        skip: list[int] = []  # 1 for a clip that starts with an anchor (not output)
+        for codes, anchor in self._codes(request, generator, callback, compile):
+            if not clips or anchor is not None:
+                clips.append([] if anchor is None else [anchor])
+                skip.append(int(anchor is not None))
+            clips[-1].append(codes)
+        frames = None
+        if decode:
+            videos = [self.decode(torch.cat(c, 1))[:, k:] for c, k in zip(clips, skip, strict=True)]
+            frames = np.concatenate(videos, 1)
+        codes = torch.cat([x for c, k in zip(clips, skip, strict=True) for x in c[k:]], 1).cpu()
         return PipelineOutput(frames, codes, request["fps"])
 
     def decode(self, codes: torch.Tensor) -> np.ndarray:
@@ -409,42 +420,50 @@ class LumosPipeline:
             history_mask_ratio, image, temperature, sample_temperature, top_k,
             official_temperature, fps, window, segment_frames, video,
         )  # fmt: skip
-        return self._stream(
-            self._codes(request, generator, callback, compile, stream=True), request
-        )
+        return self._stream(self._codes(request, generator, callback, compile), request)
 
     def _codes(
-        self, request: dict, generator, callback, compile: bool, stream: bool
-    ) -> Iterator[torch.Tensor]:
-        """Latent codes [B, t, h, w] of the request on the model's device: the given frames
-        (image, video) first, then one generated latent frame at a time."""
+        self, request: dict, generator, callback, compile: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(codes [B, n, h, w], anchor)`` of the request on the model's device: the given
+        frames (image, video) first, then one generated latent frame at a time. ``anchor``
+        [B, 1, h, w] marks the first frame of a new clip (a prompt schedule's later segment,
+        started from the image latent of the previous segment's last RGB frame): that clip
+        decodes as ``anchor`` then its frames, and the anchor's own RGB frame is not output."""
         device = self.model.lm_head.weight.device
         given, history = request["given_frames"], request["history"]
         if given is not None:
-            yield given.to(device)
+            yield given.to(device), None
         if history is not None:
-            yield history.to(device)
-        for _, frame in generate_windowed(
+            yield history.to(device), None
+        restart = self._last_frame_latent if len(request["segments"]) > 1 else None
+        for _, frame, anchor in generate_windowed(
             self.model, request["segments"], request["num_frames"], request["height"],
             request["width"], request["window"], request["duration"], request["fps"], given,
-            request["config"], generator, callback, compile, history,
+            request["config"], generator, callback, compile, history, restart,
         ):  # fmt: skip
-            yield frame[:, None]
+            yield frame[:, None], anchor
 
-    def _stream(self, chunks: Iterator[torch.Tensor], request: dict) -> Iterator[StreamedFrames]:
-        """Decode each chunk of codes as it comes: the first (given frames, or the first
-        generated frame) whole, each later latent frame from the frames its decoder reads."""
+    def _last_frame_latent(self, clip: torch.Tensor) -> torch.Tensor:
+        """Image latent [B, 1, h, w] of the last RGB frame of the clip ``clip`` [B, t, h, w]."""
+        tok = self.visual_tokenizer
+        last = tok.decode_last(clip.to(self._tokenizer_placement()[0]))[:, :, -1:]
+        return tok.encode(last)
+
+    def _stream(
+        self, chunks: Iterator[tuple[torch.Tensor, torch.Tensor | None]], request: dict
+    ) -> Iterator[StreamedFrames]:
+        """Decode each chunk of codes as it comes, continuing its clip's causal decoding state
+        (``VisualTokenizer.stream_decoder``); an anchored chunk starts a new clip."""
         tok, tok_device = self.visual_tokenizer, self._tokenizer_placement()[0]
-        kept: torch.Tensor | None = None  # the latent frames later decoding still reads
-        done = 0
-        for chunk in chunks:
-            clip = (
-                chunk.to(tok_device) if kept is None else torch.cat([kept, chunk.to(tok_device)], 1)
-            )
-            video = tok.decode(clip) if done == 0 else tok.decode_last(clip)
+        decoder, done = tok.stream_decoder(), 0
+        for chunk, anchor in chunks:
+            if anchor is not None:
+                decoder = tok.stream_decoder()
+                decoder(anchor.to(tok_device))  # its frame was output by the previous clip
+            video = decoder(chunk.to(tok_device))
             yield StreamedFrames(video_to_frames(video), done, chunk.cpu(), request["fps"])
             done += chunk.shape[1]
-            kept = clip if tok.decode_context is None else clip[:, -(tok.decode_context + 1) :]
 
     def _request(
         self,

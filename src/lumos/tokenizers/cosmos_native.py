@@ -459,7 +459,7 @@ class CosmosVideoTokenizer(VisualTokenizer):
         return indices
 
     def _decode(self, indices: torch.Tensor) -> torch.Tensor:
-        p, tc, sc = self.config.patch_size, self.temporal_compression, self.spatial_compression
+        tc, sc = self.temporal_compression, self.spatial_compression
         b, t, h, w = indices.shape
         indices = indices.to(self.device)
         video = torch.empty(
@@ -467,12 +467,22 @@ class CosmosVideoTokenizer(VisualTokenizer):
         )
         cache: Cache = {}
         for s, e in self._chunks(t):
-            codes = self.fsq.indices_to_codes(indices[:, s:e]).movedim(-1, 1).to(self.dtype)
-            x = self.decoder(self.post_quant_conv(codes), cache)
-            video[:, :, max(0, 1 + tc * (s - 1)) : 1 + tc * (e - 1)] = haar_unpatch(
-                x, p, first=s == 0
+            video[:, :, max(0, 1 + tc * (s - 1)) : 1 + tc * (e - 1)] = self._decode_chunk(
+                indices[:, s:e], cache, first=s == 0
             )
         return video
+
+    def _decode_chunk(self, indices: torch.Tensor, cache: Cache, first: bool) -> torch.Tensor:
+        """RGB of latent frames [B, n, h, w] that follow the frames ``cache`` has seen."""
+        codes = self.fsq.indices_to_codes(indices).movedim(-1, 1).to(self.dtype)
+        x = self.decoder(self.post_quant_conv(codes), cache)
+        return haar_unpatch(x, self.config.patch_size, first=first)
+
+    def stream_decoder(self) -> CosmosStreamDecoder:
+        """Decodes a clip a few latent frames at a time from the decoder's cached causal state
+        (last input frames of each convolution, keys/values of each temporal attention): no
+        latent frame is decoded twice."""
+        return CosmosStreamDecoder(self)
 
     # ---- files -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -526,3 +536,30 @@ class CosmosVideoTokenizer(VisualTokenizer):
         state = {k: v.to(dtype or torch.float32) for k, v in state.items()}
         load_weights(model, state, f"{weights_path} does not match {config_path}", assign=True)
         return model.eval()
+
+
+class CosmosStreamDecoder:
+    """:class:`lumos.tokenizers.visual.StreamDecoder` for Cosmos: each call decodes only the new
+    latent frames, continuing the causal state of the earlier calls (equal to a whole-clip
+    decode up to float rounding, as chunked decoding is)."""
+
+    def __init__(self, tokenizer: CosmosVideoTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.cache: Cache = {}
+        self.seen = 0  # latent frames decoded so far
+
+    @torch.no_grad()
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        tok = self.tokenizer
+        tok.decode_check(indices)
+        out = torch.cat(
+            [
+                tok._decode_chunk(
+                    indices[:, s:e].to(tok.device, torch.int64), self.cache, self.seen + s == 0
+                )
+                for s, e in tok._chunks(indices.shape[1])
+            ],
+            2,
+        )
+        self.seen += indices.shape[1]
+        return out.float().clamp(-1, 1)

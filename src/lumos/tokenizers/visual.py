@@ -95,6 +95,11 @@ class VisualTokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Int indices [B, t, h, w] -> float RGB video [B, 3, 1 + tc(t-1), sc*h, sc*w] in [-1, 1]."""
+        self.decode_check(indices)
+        return self._decode(indices.to(torch.int64)).clamp(-1, 1)
+
+    def decode_check(self, indices: torch.Tensor) -> None:
+        """One-line errors for what ``decode`` cannot take (dtype, shape, index range)."""
         if (
             not isinstance(indices, torch.Tensor)
             or indices.is_floating_point()
@@ -113,7 +118,6 @@ class VisualTokenizer(nn.Module):
                 f"decode expects indices in [0, {self.codebook_size}); got min {lo}, max {hi} "
                 "(were these tokens produced by a different tokenizer?)"
             )
-        return self._decode(indices.to(torch.int64)).clamp(-1, 1)
 
     @property
     def decode_context(self) -> int | None:
@@ -132,11 +136,41 @@ class VisualTokenizer(nn.Module):
         n = 1 if t == 1 else self.temporal_compression
         return self.decode(indices[:, start:])[:, :, -n:]
 
+    def stream_decoder(self) -> StreamDecoder:
+        """A decoder for one clip fed a few latent frames at a time (streaming): see
+        :class:`StreamDecoder`."""
+        return StreamDecoder(self)
+
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _decode(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+class StreamDecoder:
+    """Decodes one clip incrementally: each call takes the next latent frames [B, n, h, w] of
+    the clip and returns their RGB frames [B, 3, T_n, H, W] (1 + tc*(n-1) for the clip's first
+    call, tc*n after), equal to the matching frames of ``decode`` of the whole clip up to float
+    rounding. This default keeps the last :attr:`VisualTokenizer.decode_context` latent frames
+    and decodes them with the new ones (the whole prefix when the receptive field is
+    unbounded); tokenizers with a cached causal state override
+    :meth:`VisualTokenizer.stream_decoder`."""
+
+    def __init__(self, tokenizer: VisualTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.kept: torch.Tensor | None = None  # [B, <= decode_context, h, w] earlier frames
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        tok = self.tokenizer
+        clip = indices if self.kept is None else torch.cat([self.kept, indices.to(self.kept)], 1)
+        first = self.kept is None
+        video = tok.decode(clip)
+        n = indices.shape[1]
+        video = video if first else video[:, :, -tok.temporal_compression * n :]
+        ctx = tok.decode_context
+        self.kept = clip if ctx is None else clip[:, clip.shape[1] - min(ctx, clip.shape[1]) :]
+        return video
 
 
 def frames_to_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
