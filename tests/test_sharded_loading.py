@@ -12,11 +12,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lumos.errors import LumosError
+from lumos.model.checkpoint import checkpoint_entries
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
+from lumos.training import sharded_load
 from lumos.training.config import load_config
 from lumos.training.llm_init import EXTENDED
-from lumos.training.sharded_load import init_weights, normal_rows, weight_slots
+from lumos.training.sharded_load import (
+    init_weights,
+    iter_rows,
+    normal_rows,
+    read_rows,
+    weight_slots,
+)
 from lumos.training.train import Trainer, tiny_vocabulary
 from official_stand_ins import write_official_checkpoint
 from test_training import TINY
@@ -81,6 +89,30 @@ def test_one_process_loads_exactly_what_from_pretrained_loads(tmp_path):
     for name, p in reference.named_parameters():
         assert ours[name].dtype == torch.float32 and torch.equal(ours[name], p), name
     assert torch.equal(trainer.module.model.rope_axes, reference.rope_axes)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_rows_are_read_chunk_by_chunk(tmp_path, monkeypatch, dtype):
+    stored = torch.randn(37, 3, 5).to(dtype)
+    tensors = {"w": stored, "b": torch.randn(4), "model.vqmodel.q": torch.ones(2)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    entries = checkpoint_entries(tmp_path)
+    assert sorted(entries) == ["b", "w"]  # the bundled tokenizer key is dropped
+    entry = entries["w"]
+    assert (entry.dtype, entry.shape) == (dtype, (37, 3, 5))
+    monkeypatch.setattr(sharded_load, "CHUNK_BYTES", 4 * 15 * dtype.itemsize)  # 4 rows
+    assert [(a, len(rows)) for a, rows in iter_rows(entry, 5, 35)] == [
+        *((a, 4) for a in range(5, 33, 4)),
+        (33, 2),
+    ]
+    out = torch.full((30, 3, 5), float("nan"), dtype=torch.float64)
+    read_rows(entry, 5, 35, out)
+    assert torch.equal(out, stored[5:35].double())
+    read_rows(entry, 9, 9, out[:0])  # a process without rows of this tensor
+    fp8 = {"w": torch.zeros(2, 2, dtype=torch.float8_e4m3fn)}
+    save_file(fp8, tmp_path / "model.safetensors")
+    with pytest.raises(LumosError, match="w is stored as F8_E4M3; readable dtypes: F64"):
+        checkpoint_entries(tmp_path)
 
 
 def test_fresh_rows_do_not_depend_on_the_split():

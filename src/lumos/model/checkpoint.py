@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lumos import validate
@@ -217,30 +217,40 @@ def check_shapes(
 
 @dataclass(frozen=True)
 class TensorEntry:
-    """Where a stored tensor lies: ``file``, its stored ``dtype`` and ``shape``, and the byte
-    ``offset`` of its row-major data in the file."""
+    """A stored tensor, not read yet: the safetensors ``file`` holding it, its ``name`` there,
+    its stored ``dtype`` and ``shape`` (read with ``safetensors.safe_open``)."""
 
     file: Path
+    name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
-    offset: int
 
 
 def checkpoint_entries(path: Path) -> dict[str, TensorEntry]:
     """Every model tensor of the checkpoint at ``path`` (ignored prefixes dropped) as a
-    :class:`TensorEntry`; only the safetensors headers are read, so a caller can read just the
-    rows it needs (``lumos.training.sharded_load``)."""
+    :class:`TensorEntry`, from the safetensors headers (``safe_open`` checks each file's header
+    against its size; no tensor data is read), so a caller can read just the rows it needs
+    (``lumos.training.sharded_load``)."""
     entries: dict[str, TensorEntry] = {}
     for file in weight_files(path):
         try:
-            found = safetensors_entries(file)
-        except (OSError, ValueError, KeyError, TypeError, struct.error) as err:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                found = {}
+                for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    if not name.startswith(IGNORED_PREFIXES):
+                        stored = f.get_slice(name)
+                        found[name] = (stored.get_dtype(), tuple(stored.get_shape()))
+        except (SafetensorError, OSError) as err:
             raise LumosError(
                 f"cannot read weights {file}: {err} (corrupt or truncated file?)"
             ) from None
-        for name, (dtype, shape, offset) in found.items():
-            if not name.startswith(IGNORED_PREFIXES):
-                entries[name] = TensorEntry(file, dtype, tuple(shape), offset)
+        for name, (dtype, shape) in found.items():
+            if dtype not in SAFETENSORS_DTYPES:
+                raise LumosError(
+                    f"cannot read weights {file}: {name} is stored as {dtype}; "
+                    f"readable dtypes: {', '.join(SAFETENSORS_DTYPES)}"
+                )
+            entries[name] = TensorEntry(file, name, SAFETENSORS_DTYPES[dtype], shape)
     return entries
 
 

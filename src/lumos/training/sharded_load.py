@@ -7,9 +7,10 @@ process writes only the rows of each parameter that it holds:
 
 * :func:`load_weights`: from a checkpoint directory (the official layout or ours, one
   ``model.safetensors`` or a sharded index). Each process reads its rows of each tensor with
-  plain file reads at the tensor's byte offset, :data:`CHUNK_BYTES` at a time, and converts
-  them to the parameter's dtype on its device. No process reads, converts or holds anything
-  else, so host memory is the process's own shards plus one chunk.
+  safetensors' lazy API (``safe_open``, ``get_slice(name)[a:b]``), :data:`CHUNK_BYTES` at a
+  time, each chunk from a memory map opened for it alone, and copies them into the parameter's
+  dtype on its device. No process reads, converts or holds anything else, so host memory is
+  the process's own shards plus one chunk.
 * :func:`init_weights`: fresh weights (normal with the model's ``initializer_range`` for
   embeddings and projections, ones and zeros for norms), drawn from generators seeded per
   ``(seed, parameter name, block of rows)``: the values do not depend on the number of
@@ -29,9 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from lumos.errors import LumosError
 from lumos.model.checkpoint import TensorEntry, check_shapes, checkpoint_entries
 from lumos.training.sources import sample_seed
 
@@ -62,20 +63,19 @@ def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 def iter_rows(entry: TensorEntry, start: int, stop: int) -> Iterator[tuple[int, torch.Tensor]]:
     """Rows ``[start, stop)`` of a stored tensor as ``(first row, CPU tensor in the stored
-    dtype)`` pieces of at most :data:`CHUNK_BYTES`, read with plain file reads."""
-    row_numel = math.prod(entry.shape[1:])
-    row_bytes = row_numel * entry.dtype.itemsize
+    dtype)`` pieces of at most :data:`CHUNK_BYTES`, read with ``safetensors.safe_open`` and
+    ``get_slice``.
+
+    Each piece is a view into a memory map of the file opened for that piece alone: its
+    pages count in this process's memory once touched and until the piece is dropped, so a loop
+    over the pieces holds one piece of the file at a time, never the whole tensor or file."""
+    row_bytes = math.prod(entry.shape[1:]) * entry.dtype.itemsize
     step = max(1, CHUNK_BYTES // max(row_bytes, 1))
     if stop <= start or row_bytes == 0:
         return
-    with open(entry.file, "rb") as f:
-        for a in range(start, stop, step):
-            b = min(a + step, stop)
-            buf = bytearray((b - a) * row_bytes)
-            f.seek(entry.offset + a * row_bytes)
-            if f.readinto(buf) != len(buf):
-                raise LumosError(f"cannot read weights {entry.file}: truncated tensor data")
-            yield a, torch.frombuffer(buf, dtype=entry.dtype).view(b - a, *entry.shape[1:])
+    for a in range(start, stop, step):
+        with safe_open(entry.file, framework="pt", device="cpu") as f:
+            yield a, f.get_slice(entry.name)[a : min(a + step, stop)]
 
 
 def read_rows(entry: TensorEntry, start: int, stop: int, out: torch.Tensor) -> None:
