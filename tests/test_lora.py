@@ -169,6 +169,12 @@ def test_cli_interrupted_run_resumes_exactly(tmp_path, base_dir, capsys):
     for s in [*TINY, f"model.init_from={base_dir}", *extra, "checkpoint_every=2"]:
         args += ["--set", s]
     assert main([*args, "--steps", "2"]) == 0
+    # the checkpoint holds the adapter (and its optimiser state), not the frozen base
+    import torch.distributed.checkpoint as dcp
+
+    saved = dcp.FileSystemReader(out / "checkpoints" / "step-00000002" / "state").read_metadata()
+    model_keys = [k for k in saved.state_dict_metadata if k.startswith("model.")]
+    assert model_keys and all("lora_" in k for k in model_keys)
     assert main([*args, "--steps", "4"]) == 0
     assert "resumed from" in capsys.readouterr().err
     assert _metrics(out) == expected

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a model (AR-DF objective; DDP/FSDP2 under torchrun)",
         description="Train a Lumos model from a preset and/or a YAML config. Writes "
         "OUTPUT/metrics.jsonl, OUTPUT/tensorboard, OUTPUT/checkpoints/step-*/ and the final "
-        "weights in OUTPUT/model (load with LumosModel.from_pretrained).",
+        "weights in OUTPUT/model (load with LumosModel.from_pretrained), or with lora.rank > 0 "
+        "only the adapter in OUTPUT/adapter (lumos generate --adapter, lumos merge-adapter).",
     )
     p.add_argument("--preset", help="a named recipe (see --list-presets)")
     p.add_argument("--config", help="YAML file; its sections refine the preset")

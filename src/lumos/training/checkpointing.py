@@ -95,6 +95,11 @@ def _single_process_quiet():
         yield
 
 
+# Checkpoints hold the trained parameters only: a LoRA run's frozen base comes back from the
+# model it was built from (``model.init_from``), as when it started.
+TRAINED_ONLY = StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -114,7 +119,7 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     ctx.barrier()
-    model_state, optim_state = get_state_dict(module, optimizer)
+    model_state, optim_state = get_state_dict(module, optimizer, options=TRAINED_ONLY)
     with _single_process_quiet():
         dcp.save(
             {"model": model_state, "optim": optim_state},
@@ -146,7 +151,7 @@ def load_checkpoint(
             f"checkpoint {path} was written by {trainer['world_size']} processes; resume with "
             f"the same number (this run has {ctx.world_size})"
         )
-    model_state, optim_state = get_state_dict(module, optimizer)
+    model_state, optim_state = get_state_dict(module, optimizer, options=TRAINED_ONLY)
     state = {"model": model_state, "optim": optim_state}
     try:
         rank_state, damage = torch.load(path / f"rank-{ctx.rank:05d}.pt", weights_only=True), ""
@@ -163,7 +168,11 @@ def load_checkpoint(
     except Exception as err:
         raise DamagedCheckpoint(f"checkpoint {path} is damaged ({_reason(err)})") from None
     set_state_dict(
-        module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        module,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=TRAINED_ONLY,
     )
     return trainer, rank_state
 
