@@ -11,7 +11,8 @@
 * ``continuation``: a rendered held-out world clip (9 frames) continued by 16 frames; the new
   frames must keep the object's colour and shape.
 
-    python scripts/long_video_eval.py [--n 100] [--parts persistence schedule continuation]
+    python scripts/long_video_eval.py [--n 100] [--baseline-n N] [--threads 2]
+        [--parts persistence schedule continuation]
 """
 
 from __future__ import annotations
@@ -94,16 +95,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100, help="cases per part (schedule: n // 2)")
     p.add_argument("--parts", nargs="+", default=["persistence", "schedule", "continuation"])
+    p.add_argument("--baseline-n", type=int, help="cases of the whole-clip baseline (default n)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     pipe = LumosPipeline.from_pretrained(device="cpu")
     results = {}
     for part in args.parts:
         t = time.perf_counter()
         if part == "persistence":
             results["persistence (sliding window)"] = persistence(pipe, args.n, None)
-            results["persistence (whole-clip context)"] = persistence(pipe, args.n, 33)
+            results["persistence (whole-clip context)"] = persistence(
+                pipe, args.baseline_n or args.n, 33
+            )
         elif part == "schedule":
             results["schedule"] = schedule(pipe, max(1, args.n // 2))
         else:
