@@ -304,6 +304,17 @@ def test_streamed_sampling_equals_whole_codebook(kw):
     torch.testing.assert_close(logp, plain_p.log().float(), atol=1e-4, rtol=1e-4)
 
 
+def test_streamed_sampling_in_bf16():
+    """A bf16 head (F.linear, logits widened to fp32 per piece): the picked codes' probabilities
+    are those of a float64 softmax over the same bf16 inputs, within bf16 rounding."""
+    g = torch.Generator().manual_seed(2)
+    head = torch.randn(1000, 32, generator=g).bfloat16()
+    hidden = torch.randn(2, 37, 32, generator=g).bfloat16()
+    codes, logp = MaskGITScheduler(vocab_chunk=256).sample(hidden, head, torch.rand(2, 37))
+    exact = (hidden.double() @ head.double().T).log_softmax(-1).gather(-1, codes[..., None])
+    torch.testing.assert_close(logp, exact.squeeze(-1).float(), atol=0.1, rtol=0.0)
+
+
 def test_vocab_chunk_must_be_a_multiple_of_the_cdf_block():
     for bad in (0, 100, 4000):
         with pytest.raises(LumosError, match="vocab_chunk"):
