@@ -6,11 +6,17 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lumos.generation.generate as gen
+import lumos.generation.scheduler as scheduler
 from generation_reference import MaskedRowAttention, reference_generate
 from helpers import tiny_model
 from lumos import LumosError
 from lumos.generation.generate import GenerationConfig, generate
-from lumos.generation.scheduler import MaskGITScheduler, inverse_cdf, unmask_schedule
+from lumos.generation.scheduler import (
+    MaskGITScheduler,
+    cdf_blocks,
+    inverse_cdf,
+    unmask_schedule,
+)
 from lumos.sequence.layout import FRAME_HEADER_LEN, build_sequence, frame_tokens
 from lumos.sequence.masking import history_mask_indices
 
@@ -46,12 +52,15 @@ def run(model, prompts, seed=0, shared_generator=False, **kw):
         dict(prompts=[[5, 6, 7], [9]], num_frames=3, height=2, width=4, i2v=True),
         dict(prompts=[[5, 6], [7, 8, 9]], num_frames=1, height=4, width=3),  # t2i
         dict(prompts=[[5, 6], [7]], num_frames=2, height=2, width=3, guidance=1.0),
+        dict(prompts=[[5, 6, 7, 8], [9]], num_frames=2, height=3, width=5, vocab_chunk=256),
     ],
 )
-def test_generation_equals_plain_reference(case):
-    """Cache, row groups, gathered scoring, two-level sampling and batched steps against the
-    plainest loop drawing the same random numbers (no cache, float64 sampling, one prompt at a
-    time)."""
+def test_generation_equals_plain_reference(case, monkeypatch):
+    """Cache, row groups, gathered scoring, two-level sampling (the codebook in one piece, or
+    streamed in pieces) and batched steps against the plainest loop drawing the same random
+    numbers (no cache, float64 sampling, one prompt at a time)."""
+    if "vocab_chunk" in case:
+        monkeypatch.setitem(scheduler.VOCAB_CHUNK, "cpu", case["vocab_chunk"])
     model = tiny_model(codebook_size=300)  # not a multiple of the CDF block
     prompts, F_, h, w = case["prompts"], case["num_frames"], case["height"], case["width"]
     given = torch.randint(0, 300, (len(prompts), 1, h, w)) if case.get("i2v") else None
@@ -227,23 +236,89 @@ def test_unmask_schedule_small_frames_stall_at_one_token():
     assert unmask_schedule(64, 8)[0] == math.floor(64 * math.cos(math.pi / 16))
 
 
-def test_inverse_cdf_matches_a_plain_cumulative_sum():
-    g = torch.Generator().manual_seed(0)
-    for V in (5, 256, 300, 1000):
-        logits = torch.randn(7, 9, V, generator=g) * 3
-        logits[0, 0, V // 2 :] = float("-inf")  # a row with many zero weights
-        weights = (logits - logits.amax(-1, keepdim=True)).exp()
-        u = torch.rand(7, 9, generator=g)
-        pick, total = inverse_cdf(weights, u)
-        cdf = weights.double().cumsum(-1)
-        plain = torch.searchsorted(cdf, (u.double() * cdf[..., -1])[..., None], right=True)
-        assert torch.equal(pick, plain.squeeze(-1).clamp(max=V - 1))
-        assert (weights.gather(-1, pick[..., None]) > 0).all()
-        torch.testing.assert_close(total, weights.sum(-1))
-    # the edges of [0, 1) never pick a zero-weight entry
-    w = torch.tensor([[0.0, 1.0, 0.0, 2.0, 0.0]])
-    assert inverse_cdf(w, torch.tensor([0.0]))[0].item() == 1
-    assert inverse_cdf(w, torch.tensor([1 - 2**-24]))[0].item() == 3
+def pieces_of(logits, piece):
+    """``inverse_cdf``'s inputs for ``logits`` [..., V] cut into pieces of ``piece`` entries."""
+    chunks = (logits * scheduler.LOG2E).split(piece, -1)  # base 2
+    maxima = torch.cat([c.amax(-1, keepdim=True) for c in chunks], -1)
+    blocks = [cdf_blocks((c - c.amax(-1, keepdim=True)).exp2()) for c in chunks]
+    return blocks, maxima, torch.cat([b.sum(-1) for b in blocks], -1)
+
+
+def plain_inverse_cdf(logits, u):
+    """float64 softmax, one cumulative sum over the whole codebook."""
+    p = logits.double().softmax(-1)
+    cdf = p.cumsum(-1)
+    pick = torch.searchsorted(cdf, (u.double() * cdf[..., -1])[..., None], right=True)
+    pick = pick.clamp(max=logits.shape[-1] - 1)
+    return pick.squeeze(-1), p.gather(-1, pick).squeeze(-1)
+
+
+@pytest.mark.parametrize("V", [5, 256, 300, 1000])
+@pytest.mark.parametrize("piece", [256, 512, None])
+def test_inverse_cdf_matches_a_plain_cumulative_sum(V, piece):
+    g = torch.Generator().manual_seed(V)
+    logits = torch.randn(7, 9, V, generator=g) * 3
+    logits[0, 0] = torch.where(torch.arange(V) % 7 == 3, logits[0, 0], float("-inf"))  # zeros
+    logits[1, :, 256:] -= 200.0  # later pieces far below the first: scaled to zero, never hit
+    u = torch.rand(7, 9, generator=g)
+    pick, p = inverse_cdf(*pieces_of(logits, piece or V), u)
+    plain, plain_p = plain_inverse_cdf(logits, u)
+    assert torch.equal(pick, plain)
+    torch.testing.assert_close(p, plain_p.float())
+    assert (p > 0).all()  # never a zero-weight entry
+
+
+def test_inverse_cdf_edges_never_pick_zero_weights():
+    weights = torch.zeros(1, 600)
+    weights[0, [1, 255]] = 1.0
+    weights[0, 300] = 2.0**-30  # a piece far below the others
+    weights[0, 520] = 2.0
+    for piece in (256, 600):
+        blocks, maxima, sums = pieces_of(weights.log(), piece)
+        for u, expected in [(0.0, 1), (1 - 2**-24, 520)]:
+            pick, p = inverse_cdf(blocks, maxima, sums, torch.tensor([u]))
+            assert pick.tolist() == [expected]
+            torch.testing.assert_close(p, weights[:, expected] / weights.sum())
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"sample_temperature": 0.6}, {"top_k": 7}, {"top_k": 7, "vocab_chunk": 256}]
+)
+def test_streamed_sampling_equals_whole_codebook(kw):
+    """The codebook streamed in pieces (the last one padded) samples what one softmax over the
+    whole codebook samples, batch > 1, positions chunked; top_k takes the codebook whole."""
+    g = torch.Generator().manual_seed(1)
+    V, d = 1000, 32
+    head = torch.randn(V, d, generator=g)
+    hidden = torch.randn(2, 37, d, generator=g)
+    u = torch.rand(2, 37, generator=g)
+    streamed = MaskGITScheduler(chunk_size=16, **{"vocab_chunk": 256, **kw})
+    codes, logp = streamed.sample(hidden, head, u)
+    logits = hidden.double() @ head.double().T / kw.get("sample_temperature", 1.0)
+    if "top_k" in kw:
+        kth = logits.topk(kw["top_k"], -1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+        assert (logits.gather(-1, codes[..., None]) >= kth).all()
+    plain, plain_p = plain_inverse_cdf(logits, u)
+    assert torch.equal(codes, plain)
+    torch.testing.assert_close(logp, plain_p.log().float(), atol=1e-4, rtol=1e-4)
+
+
+def test_streamed_sampling_in_bf16():
+    """A bf16 head (F.linear, logits widened to fp32 per piece): the picked codes' probabilities
+    are those of a float64 softmax over the same bf16 inputs, within bf16 rounding."""
+    g = torch.Generator().manual_seed(2)
+    head = torch.randn(1000, 32, generator=g).bfloat16()
+    hidden = torch.randn(2, 37, 32, generator=g).bfloat16()
+    codes, logp = MaskGITScheduler(vocab_chunk=256).sample(hidden, head, torch.rand(2, 37))
+    exact = (hidden.double() @ head.double().T).log_softmax(-1).gather(-1, codes[..., None])
+    torch.testing.assert_close(logp, exact.squeeze(-1).float(), atol=0.1, rtol=0.0)
+
+
+def test_vocab_chunk_must_be_a_multiple_of_the_cdf_block():
+    for bad in (0, 100, 4000):
+        with pytest.raises(LumosError, match="vocab_chunk"):
+            MaskGITScheduler(vocab_chunk=bad)
 
 
 class CountHostSyncs(TorchDispatchMode):
@@ -273,12 +348,13 @@ def test_host_syncs_per_frame_do_not_depend_on_steps():
     assert counts[8] <= 2  # nothing per step; at most one per frame
 
 
-def test_compiled_generation_equals_eager_with_two_graphs():
+def test_compiled_generation_equals_eager_with_two_graphs(monkeypatch):
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    model = tiny_model()
+    monkeypatch.setitem(scheduler.VOCAB_CHUNK, "cpu", 256)  # the codebook streamed in 2 pieces
+    model = tiny_model(codebook_size=300)
     kw = dict(num_frames=4, height=3, width=5, config={"fixed_shapes": True})
     eager = run(model, [[5, 6, 7, 8], [9]], seed=1, **kw)
     compiled = run(model, [[5, 6, 7, 8], [9]], seed=1, compile=True, **kw)

@@ -211,7 +211,7 @@ def denoise_step(
     if num_scored is not None:  # the unknown positions, ascending, as fixed-size ops
         slots = (~state.unknown).to(torch.uint8).argsort(dim=1, stable=True)[:, :num_scored]
         hidden = hidden.gather(1, slots[..., None].expand(-1, -1, hidden.shape[-1]))
-    return scheduler.step(hidden, model.visual_logits, noise, state, keep_masked, tau, slots)
+    return scheduler.step(hidden, model.visual_head, noise, state, keep_masked, tau, slots)
 
 
 _compiled_step: Callable | None = None

@@ -16,7 +16,7 @@ the caller (one call per prompt's generator), so a batch equals its single runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,11 @@ from lumos.errors import LumosError
 from lumos.sequence.masking import SCHEDULES
 
 CDF_BLOCK = 256  # vocabulary entries per block of the two-level inverse CDF
+# Codebook entries whose logits are formed at once, per device type (a multiple of CDF_BLOCK);
+# device types not listed take the whole codebook in one matmul.
+VOCAB_CHUNK = {"cpu": 4096}
+LOG2E = math.log2(math.e)
+ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and platform.machine() in ("x86_64", "AMD64")
 
 
 @dataclass
@@ -64,8 +69,12 @@ class MaskGITScheduler:
     ``temperature``: scale ``tau`` of the Gumbel noise on the confidences, annealed as
     ``tau * (1 - (s+1)/S)`` and restarted at every frame; ``official_temperature`` reproduces the
     official code's running product that is never reset (zero noise after the first frame).
-    ``sample_temperature`` / ``top_k`` shape the token sampling. ``chunk_size``: positions whose
-    logits are materialised at once ([B, chunk, codebook] fp32).
+    ``sample_temperature`` / ``top_k`` shape the token sampling. ``chunk_size``: positions sampled
+    at once (their exponentiated logits, [B, chunk, codebook] fp32, are held together).
+    ``vocab_chunk``: codebook entries whose logits are formed at once (a multiple of
+    ``CDF_BLOCK``); None takes ``VOCAB_CHUNK`` for the device type (4096 on CPU, where a piece
+    that stays in cache makes the matmul and the softmax passes faster; the whole codebook in one
+    matmul elsewhere).
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class MaskGITScheduler:
         sample_temperature: float = 1.0,
         top_k: int | None = None,
         chunk_size: int = 256,
+        vocab_chunk: int | None = None,
     ) -> None:
         if schedule not in SCHEDULES:
             raise LumosError(f"mask schedule {schedule!r} unknown; choose one of {list(SCHEDULES)}")
@@ -85,6 +95,11 @@ class MaskGITScheduler:
         self.sample_temperature = sample_temperature
         self.top_k = top_k
         self.chunk_size = chunk_size
+        if vocab_chunk is not None and (vocab_chunk < 1 or vocab_chunk % CDF_BLOCK):
+            raise LumosError(
+                f"vocab_chunk must be a positive multiple of {CDF_BLOCK}, got {vocab_chunk}"
+            )
+        self.vocab_chunk = vocab_chunk
         self.num_steps = 0
         self.keep_masked: list[int] = []
         self.unknown_before: list[int] = []
@@ -112,32 +127,49 @@ class MaskGITScheduler:
         return taus
 
     def sample(
-        self, hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor
+        self, hidden: torch.Tensor, head: torch.Tensor, u: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample a code at each of ``hidden`` [B, n, d] with one uniform ``u`` [B, n] each.
 
-        ``head`` maps hidden states to logits over the codebook. Returns codes [B, n] (long) and
-        their log probabilities [B, n] (fp32), chunk by chunk over positions."""
+        ``head`` [V, d]: the head's weight over the codebook (logits = ``hidden @ head.T``).
+        Returns codes [B, n] (long) and their log probabilities [B, n] (fp32), ``chunk_size``
+        positions at a time."""
         codes, logp = [], []
         for c0 in range(0, hidden.shape[1], self.chunk_size):
-            logits = head(hidden[:, c0 : c0 + self.chunk_size]).float()
-            c, lp = self._sample_logits(logits, u[:, c0 : c0 + self.chunk_size])
+            c, lp = self._sample_chunk(
+                hidden[:, c0 : c0 + self.chunk_size], head, u[:, c0 : c0 + self.chunk_size]
+            )
             codes.append(c)
             logp.append(lp)
         return torch.cat(codes, 1), torch.cat(logp, 1)
 
-    def _sample_logits(
-        self, logits: torch.Tensor, u: torch.Tensor
+    def _sample_chunk(
+        self, hidden: torch.Tensor, head: torch.Tensor, u: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # ``logits`` is a fresh fp32 tensor of the head's: the steps below may work in place.
-        if self.sample_temperature != 1.0:
-            logits = logits / self.sample_temperature
-        if self.top_k is not None and self.top_k < logits.shape[-1]:
-            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        weights = logits.sub_(logits.amax(-1, keepdim=True)).exp_()  # unnormalised softmax
-        pick, total = inverse_cdf(weights, u)
-        p = weights.gather(-1, pick[..., None]).squeeze(-1) / total
+        """Stream the codebook in ``vocab_chunk`` pieces: each piece's logits, maximum,
+        exponentials (relative to that maximum) and CDF block sums are formed while the piece is
+        in cache; the exponentials are kept for the second level of the inverse CDF. ``top_k``
+        needs a whole row first, so it takes the codebook in one piece.
+
+        The logits are formed in base 2 (``log2(e) / sample_temperature`` folded into
+        ``hidden``, one more rounding in its dtype): ``exp2`` runs several times faster than
+        ``exp`` on CPU (ATen's kernels, measured) and costs no more on a GPU."""
+        V = head.shape[0]
+        top_k = self.top_k is not None and self.top_k < V
+        step = V if top_k else self.vocab_chunk or VOCAB_CHUNK.get(hidden.device.type, V)
+        hidden = hidden * (LOG2E / self.sample_temperature)
+        blocks, maxima, sums = [], [], []
+        for v0 in range(0, V, step):
+            logits = head_logits(hidden, head[v0 : v0 + step]).float()  # fresh: worked in place
+            if top_k:
+                kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
+                logits.masked_fill_(logits < kth, float("-inf"))
+            m = logits.amax(-1, keepdim=True)
+            b = cdf_blocks(logits.sub_(m).exp2_())
+            blocks.append(b)
+            maxima.append(m)
+            sums.append(b.sum(-1))
+        pick, p = inverse_cdf(blocks, torch.cat(maxima, -1), torch.cat(sums, -1), u)
         return pick, p.clamp_min(1e-30).log()
 
     def frame_plan(self, frame: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +183,7 @@ class MaskGITScheduler:
     def step(
         self,
         hidden: torch.Tensor,
-        head: Callable[[torch.Tensor], torch.Tensor],
+        head: torch.Tensor,
         noise: torch.Tensor,
         state: FrameState,
         keep_masked: torch.Tensor | int,
@@ -161,7 +193,8 @@ class MaskGITScheduler:
         """One MaskGIT step: sample, score, re-mask the ``keep_masked`` least confident.
 
         ``hidden`` [B, n, d]: guided hidden states at the scored grid positions ``slots`` [B, n]
-        (None = all ``N`` positions in order; otherwise the unknown positions, ascending).
+        (None = all ``N`` positions in order; otherwise the unknown positions, ascending);
+        ``head`` [V, d] the head's weight over the codebook (``LumosModel.visual_head``).
         ``noise`` [B, 2, N] uniforms: row 0 samples the tokens, row 1 is the Gumbel noise of
         scale ``tau``. A position uses the same numbers whichever form is scored, so both forms
         reveal the same tokens. Returns the new state."""
@@ -185,29 +218,62 @@ class MaskGITScheduler:
         )
 
 
-def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index ``i`` with ``cdf[i-1] <= u * total < cdf[i]`` over ``weights`` [..., V] >= 0 (not
-    all zero), one uniform ``u`` [...] in [0, 1) each; returns (index [...], total [...]).
+def cdf_blocks(weights: torch.Tensor) -> torch.Tensor:
+    """``weights`` [..., V] as [..., ceil(V / CDF_BLOCK), CDF_BLOCK], zero-padded (a copy only
+    when ``V`` is not a multiple of ``CDF_BLOCK``)."""
+    pad = -weights.shape[-1] % CDF_BLOCK
+    return (F.pad(weights, (0, pad)) if pad else weights).unflatten(-1, (-1, CDF_BLOCK))
+
+
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``hidden @ weight.T``, [..., V]. Eager fp32 on an x86 CPU goes through oneDNN's matmul: on
+    the head's shapes it measured about twice as fast as the default (MKL, which runs an AVX2
+    path on AMD CPUs; benchmarks/bench_sampling.py). Everything else, and compiled code (whose
+    oneDNN lowering needs frozen weights), through ``F.linear``."""
+    onednn = ONEDNN_LINEAR and hidden.device.type == "cpu" and hidden.dtype == torch.float32
+    if onednn and weight.dtype == torch.float32 and not torch.compiler.is_compiling():
+        return torch.ops.mkldnn._linear_pointwise(hidden, weight, None, "none", [], "")
+    return F.linear(hidden, weight)
+
+
+def inverse_cdf(
+    blocks: list[torch.Tensor], exponents: torch.Tensor, block_sums: torch.Tensor, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF sample over a codebook held in pieces, one uniform ``u`` [...] in [0, 1) each:
+    index ``i`` with ``cdf[i-1] <= u * total < cdf[i]`` and its probability ``w_i / total``.
+
+    ``blocks``: piece ``c``'s weights [..., nb_c, CDF_BLOCK] >= 0 (``cdf_blocks``), relative to
+    the piece's own scale ``2 ** exponents[..., c]`` (finite: its base-2 logits' maximum), every
+    piece but the last with the same ``nb_c``; ``block_sums`` [..., sum nb_c]: their sums over
+    the last dimension, all pieces concatenated. The true weights are ``2 ** exponents[c] *
+    blocks[c]``; pieces are rescaled to the largest scale as in an online softmax.
 
     Two levels, so no length-V scan runs: the block of ``CDF_BLOCK`` entries that holds the target
     (a cumulative sum over block totals), then the entry inside it. Equals a single cumulative
     sum up to float rounding of the sums; a zero-weight entry is never picked."""
-    V = weights.shape[-1]
-    pad = -V % CDF_BLOCK
-    padded = F.pad(weights, (0, pad)) if pad else weights
-    blocks = padded.unflatten(-1, (-1, CDF_BLOCK))  # [..., nb, CDF_BLOCK]
-    block_cdf = blocks.sum(-1).cumsum(-1)  # [..., nb]
-    total = block_cdf[..., -1]
-    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-    block = torch.searchsorted(block_cdf, target[..., None], right=True)  # first cdf > target
-    block = block.clamp_(max=block_cdf.shape[-1] - 1)
+    per_piece = blocks[0].shape[-2]
+    scales = (exponents - exponents.amax(-1, keepdim=True)).exp2()  # [..., pieces], largest 1
+    block_scales = scales.repeat_interleave(per_piece, -1)[..., : block_sums.shape[-1]]
+    block_cdf = (block_sums * block_scales).cumsum(-1)  # [..., nb]
+    total = block_cdf[..., -1:]
+    target = torch.minimum(u[..., None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    block = torch.searchsorted(block_cdf, target, right=True)  # first cdf > target
+    block = block.clamp_(max=block_cdf.shape[-1] - 1)  # [..., 1]
     before = torch.where(block > 0, block_cdf.gather(-1, (block - 1).clamp(min=0)), 0.0)
-    inner = blocks.gather(-2, block[..., None].expand(*block.shape, CDF_BLOCK)).squeeze(-2)
-    inner_cdf = inner.cumsum(-1)  # [..., CDF_BLOCK]
+    piece, local = block // per_piece, block % per_piece
+    rows = torch.arange(local.numel(), device=local.device)
+    inner = None  # the block's weights [..., CDF_BLOCK], from whichever piece holds it
+    for c, b in enumerate(blocks):
+        index = rows * b.shape[-2] + local.flatten().clamp(max=b.shape[-2] - 1)
+        weights = b.reshape(-1, CDF_BLOCK).index_select(0, index).unflatten(0, local.shape[:-1])
+        inner = weights if inner is None else torch.where(piece == c, weights, inner)
+    scale = scales.gather(-1, piece)  # [..., 1], > 0 for the piece holding the target
+    inner_cdf = inner.cumsum(-1)  # [..., CDF_BLOCK], in the piece's own scale
     inner_total = inner_cdf[..., -1:]
     rest = torch.minimum(
-        (target[..., None] - before).clamp(min=0.0),
+        ((target - before) / scale).clamp(min=0.0),
         torch.nextafter(inner_total, torch.zeros_like(inner_total)),
     )
     j = torch.searchsorted(inner_cdf, rest, right=True).clamp_(max=CDF_BLOCK - 1)
-    return (block * CDF_BLOCK + j).squeeze(-1), total
+    p = inner.gather(-1, j) * scale / total
+    return (block * CDF_BLOCK + j).squeeze(-1), p.squeeze(-1)

@@ -229,10 +229,15 @@ class LumosModel(nn.Module):
         )
         return LumosOutput(self.lm_head(h), states)
 
+    @property
+    def visual_head(self) -> torch.Tensor:
+        """The head's rows over the visual codebook, [codebook_size, hidden] (a view)."""
+        start, stop = self.vocab.visual_range
+        return self.lm_head.weight[start:stop]
+
     def visual_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits over the visual slice of the vocabulary only: [..., codebook_size]."""
-        start, stop = self.vocab.visual_range
-        return F.linear(h, self.lm_head.weight[start:stop])
+        return F.linear(h, self.visual_head)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         p = self.lm_head.weight
