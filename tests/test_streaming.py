@@ -88,22 +88,26 @@ def cosmos(tmp_path_factory):
     return load_visual_tokenizer(out)
 
 
-def test_cosmos_stream_decoder_decodes_each_latent_frame_once(cosmos):
-    codes = torch.randint(
-        0, cosmos.codebook_size, (2, 6, 3, 4), generator=torch.Generator().manual_seed(1)
-    )
-    whole = cosmos.decode(codes)
+@pytest.mark.parametrize("which", ["ours", "cosmos"])
+def test_stream_decoder_decodes_each_latent_frame_once(pipe, cosmos, which):
+    tok = pipe.visual_tokenizer if which == "ours" else cosmos
+    gen = torch.Generator().manual_seed(1)
+    t = 13  # past our decoder's receptive field (10 latent frames)
+    codes = torch.randint(0, tok.codebook_size, (2, t, 3, 4), generator=gen)
+    whole = tok.decode(codes)
     seen = []
-    real = cosmos._decode_chunk
-    cosmos._decode_chunk = lambda x, *a, **k: seen.append(x.shape[1]) or real(x, *a, **k)
+    real = tok._decode_chunk
+    tok._decode_chunk = lambda x, *a, **k: seen.append(x.shape[1]) or real(x, *a, **k)
     try:
-        dec = cosmos.stream_decoder()
-        parts = [dec(codes[:, :1]), dec(codes[:, 1:2]), dec(codes[:, 2:3]), dec(codes[:, 3:6])]
+        dec = tok.stream_decoder()
+        cuts = [0, 1, 2, 3, 6, *range(7, t + 1)]
+        parts = [dec(codes[:, a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
     finally:
-        del cosmos._decode_chunk
-    assert [p.shape[2] for p in parts] == [1, 4, 4, 12]
+        del tok._decode_chunk
+    tc = tok.temporal_compression
+    assert [p.shape[2] for p in parts] == [1, tc, tc, 3 * tc] + [tc] * (t - 6)
     torch.testing.assert_close(torch.cat(parts, 2), whole, atol=1e-5, rtol=1e-5)
-    assert sum(seen) == 6  # every latent frame decoded once: no re-decoding of the prefix
+    assert sum(seen) == t  # every latent frame decoded once: no re-decoding of earlier ones
 
 
 @pytest.mark.parametrize("schedule", [False, True])

@@ -37,7 +37,7 @@ from torch import nn
 
 from lumos.errors import LumosError
 from lumos.tokenizers.fsq import FSQ
-from lumos.tokenizers.visual import VisualTokenizer
+from lumos.tokenizers.visual import Cache, CachedStreamDecoder, VisualTokenizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -103,8 +103,15 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(cin, cout, (kt, kh, kw), stride=(1, stride, stride), padding=padding)
         self.time_pad = kt - 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, (0, 0, 0, 0, self.time_pad, 0)))
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        """``cache`` (streaming): this module's last ``time_pad`` input frames of the earlier
+        calls stand in for the zero padding, and are updated."""
+        if cache is None or not self.time_pad:
+            return super().forward(F.pad(x, (0, 0, 0, 0, self.time_pad, 0)))
+        past = cache.get(self)
+        x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0)) if past is None else torch.cat([past, x], 2)
+        cache[self] = x[:, :, -self.time_pad :]
+        return super().forward(x)
 
 
 class ResBlock(nn.Module):
@@ -115,9 +122,9 @@ class ResBlock(nn.Module):
         self.norm2 = FrameGroupNorm(groups, channels)
         self.conv2 = CausalConv3d(channels, channels, (temporal_kernel, 3, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        return x + self.conv2(F.silu(self.norm2(h)))
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), cache)
+        return x + self.conv2(F.silu(self.norm2(h)), cache)
 
 
 class Encoder(nn.Module):
@@ -146,8 +153,8 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = CausalConv3d(cin, cout, (temporal_kernel, 3, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"), cache)
 
 
 class Decoder(nn.Module):
@@ -166,10 +173,12 @@ class Decoder(nn.Module):
         cout = self.out_channels * cfg.temporal_compression * cfg.patch_size**2
         self.conv_out = CausalConv3d(ch[-1], cout, (1, 3, 3))
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """FSQ codes [B, D, t, h, w] -> patchified [B, out_channels*tc*p*p, t, H/p, W/p]
-        (RGB first, then the refiner's features)."""
-        x = self.stages(self.conv_in(codes))
+        (RGB first, then the refiner's features). ``cache``: see :class:`CausalConv3d`."""
+        x = self.conv_in(codes, cache)
+        for stage in self.stages:
+            x = stage(x, cache)
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
@@ -203,12 +212,16 @@ def patchify(video: torch.Tensor, tc: int, p: int) -> torch.Tensor:
     return x.reshape(b, c * tc * p * p, t, h // p, w // p)
 
 
-def unpatchify(x: torch.Tensor, tc: int, p: int, channels: int = 3) -> torch.Tensor:
-    """Inverse of :func:`patchify`: [B, C*tc*p*p, t, h, w] -> [B, C, 1 + tc*(t-1), h*p, w*p]."""
+def unpatchify(
+    x: torch.Tensor, tc: int, p: int, channels: int = 3, first: bool = True
+) -> torch.Tensor:
+    """Inverse of :func:`patchify`: [B, C*tc*p*p, t, h, w] -> [B, C, 1 + tc*(t-1), h*p, w*p]
+    (``first=False``, latent frames that follow others: [B, C, tc*t, h*p, w*p])."""
     b, _, t, h, w = x.shape
     x = x.reshape(b, channels, tc, p, p, t, h, w)
     x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)  # b, c, t, tc, h, p, w, p
-    return x.reshape(b, channels, t * tc, h * p, w * p)[:, :, tc - 1 :]
+    x = x.reshape(b, channels, t * tc, h * p, w * p)
+    return x[:, :, tc - 1 :] if first else x
 
 
 class CausalVideoTokenizer(VisualTokenizer):
@@ -235,11 +248,15 @@ class CausalVideoTokenizer(VisualTokenizer):
         z = self.encoder(patchify(video, self.temporal_compression, self.config.patch_size))
         return self.fsq(z.movedim(1, -1)).movedim(-1, 1)
 
-    def reconstruct(self, codes: torch.Tensor) -> torch.Tensor:
-        """FSQ codes [B, D, t, h, w] -> RGB [B, 3, 1 + tc(t-1), H, W] (not clamped)."""
-        x = self.decoder(codes)
+    def reconstruct(
+        self, codes: torch.Tensor, cache: Cache | None = None, first: bool = True
+    ) -> torch.Tensor:
+        """FSQ codes [B, D, t, h, w] -> RGB [B, 3, 1 + tc(t-1), H, W] (not clamped). With a
+        ``cache`` the codes continue the latent frames of earlier calls (``first=False``: no
+        frame-0 special case, tc*t RGB frames)."""
+        x = self.decoder(codes, cache)
         tc, p = self.temporal_compression, self.config.patch_size
-        x = unpatchify(x, tc, p, channels=self.decoder.out_channels)
+        x = unpatchify(x, tc, p, channels=self.decoder.out_channels, first=first)
         return x if self.refiner is None else self.refiner(x)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -256,8 +273,20 @@ class CausalVideoTokenizer(VisualTokenizer):
         return self.fsq.codes_to_indices(self.quantize(video).movedim(1, -1))
 
     def _decode(self, indices: torch.Tensor) -> torch.Tensor:
+        return self._decode_chunk(indices, None, first=True)
+
+    def _decode_chunk(
+        self, indices: torch.Tensor, cache: Cache | None, first: bool
+    ) -> torch.Tensor:
+        """RGB of latent frames [B, n, h, w] that follow the frames ``cache`` has seen."""
         codes = self.fsq.indices_to_codes(indices).movedim(-1, 1)
-        return self.reconstruct(codes.to(self.decoder.conv_in.weight.dtype))
+        return self.reconstruct(codes.to(self.decoder.conv_in.weight.dtype), cache, first)
+
+    def stream_decoder(self) -> CachedStreamDecoder:
+        """Decodes a clip a few latent frames at a time from the decoder's cached causal state
+        (the last input frames of every causal convolution): each latent frame is decoded
+        once, so time and memory per frame do not depend on the clip's length."""
+        return CachedStreamDecoder(self)
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         """Write ``config.json`` and ``model.safetensors`` (weights stored as ``dtype``;

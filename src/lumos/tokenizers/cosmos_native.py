@@ -42,15 +42,14 @@ from torch import nn
 
 from lumos.errors import LumosError
 from lumos.tokenizers.fsq import FSQ
-from lumos.tokenizers.visual import VisualTokenizer
+from lumos.tokenizers.visual import Cache, CachedStreamDecoder, VisualTokenizer
 
 MODEL_TYPE = "cosmos_discrete_video_tokenizer"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-# Temporal state carried between chunks: module -> last input frames (convolutions) or
-# (keys, values) (temporal attention). None means the whole clip is processed at once.
-Cache = dict[nn.Module, object]
+# Temporal state carried between chunks (see lumos.tokenizers.visual.Cache); None means the
+# whole clip is processed at once.
 
 
 @dataclass
@@ -478,11 +477,11 @@ class CosmosVideoTokenizer(VisualTokenizer):
         x = self.decoder(self.post_quant_conv(codes), cache)
         return haar_unpatch(x, self.config.patch_size, first=first)
 
-    def stream_decoder(self) -> CosmosStreamDecoder:
+    def stream_decoder(self) -> CachedStreamDecoder:
         """Decodes a clip a few latent frames at a time from the decoder's cached causal state
         (last input frames of each convolution, keys/values of each temporal attention): no
         latent frame is decoded twice."""
-        return CosmosStreamDecoder(self)
+        return CachedStreamDecoder(self, self.chunk_frames)
 
     # ---- files -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -536,30 +535,3 @@ class CosmosVideoTokenizer(VisualTokenizer):
         state = {k: v.to(dtype or torch.float32) for k, v in state.items()}
         load_weights(model, state, f"{weights_path} does not match {config_path}", assign=True)
         return model.eval()
-
-
-class CosmosStreamDecoder:
-    """:class:`lumos.tokenizers.visual.StreamDecoder` for Cosmos: each call decodes only the new
-    latent frames, continuing the causal state of the earlier calls (equal to a whole-clip
-    decode up to float rounding, as chunked decoding is)."""
-
-    def __init__(self, tokenizer: CosmosVideoTokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.cache: Cache = {}
-        self.seen = 0  # latent frames decoded so far
-
-    @torch.no_grad()
-    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
-        tok = self.tokenizer
-        tok.decode_check(indices)
-        out = torch.cat(
-            [
-                tok._decode_chunk(
-                    indices[:, s:e].to(tok.device, torch.int64), self.cache, self.seen + s == 0
-                )
-                for s, e in tok._chunks(indices.shape[1])
-            ],
-            2,
-        )
-        self.seen += indices.shape[1]
-        return out.float().clamp(-1, 1)

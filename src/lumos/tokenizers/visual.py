@@ -173,6 +173,40 @@ class StreamDecoder:
         return video
 
 
+# Causal decoding state carried between calls of a streaming decoder: module -> its last input
+# frames (causal convolutions) or (keys, values) (causal temporal attention).
+Cache = dict[nn.Module, object]
+
+
+class CachedStreamDecoder:
+    """:class:`StreamDecoder` for tokenizers whose ``_decode_chunk(indices, cache, first)``
+    continues a cached causal state: each call decodes only the new latent frames (``chunk``
+    at a time, None: all at once), so every latent frame is decoded once and the work per
+    frame does not depend on the clip's length."""
+
+    def __init__(self, tokenizer: VisualTokenizer, chunk: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.chunk = chunk
+        self.cache: Cache = {}
+        self.seen = 0  # latent frames decoded so far
+
+    @torch.no_grad()
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        tok = self.tokenizer
+        tok.decode_check(indices)
+        device = next(tok.parameters()).device
+        n = indices.shape[1]
+        step = self.chunk or n
+        out = [
+            tok._decode_chunk(
+                indices[:, s : s + step].to(device, torch.int64), self.cache, self.seen + s == 0
+            )
+            for s in range(0, n, step)
+        ]
+        self.seen += n
+        return torch.cat(out, 2).float().clamp(-1, 1)
+
+
 def frames_to_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 RGB frames [T, H, W, 3] (or a batch [B, T, H, W, 3]) -> float [(B,) 3, T, H, W]
     in [-1, 1]."""
