@@ -367,18 +367,21 @@ class LumosPipeline:
             history_mask_ratio, image, temperature, sample_temperature, top_k,
             official_temperature, fps, window, segment_frames, video,
         )  # fmt: skip
-        clips: list[list[torch.Tensor]] = []  # each: [anchor,] codes... (see _codes)
-        skip: list[int] = []  # 1 for a clip that starts with an anchor (not output)
+        clips: list[tuple[torch.Tensor | None, list[torch.Tensor]]] = []  # (anchor, codes)
         for codes, anchor in self._codes(request, generator, callback, compile):
             if not clips or anchor is not None:
-                clips.append([] if anchor is None else [anchor])
-                skip.append(int(anchor is not None))
-            clips[-1].append(codes)
+                clips.append((anchor, []))
+            clips[-1][1].append(codes)
         frames = None
-        if decode:
-            videos = [self.decode(torch.cat(c, 1))[:, k:] for c, k in zip(clips, skip, strict=True)]
-            frames = np.concatenate(videos, 1)
-        codes = torch.cat([x for c, k in zip(clips, skip, strict=True) for x in c[k:]], 1).cpu()
+        if decode:  # each clip on its own; an anchor's frame belongs to the clip before
+            frames = np.concatenate(
+                [
+                    self.decode(torch.cat(c if a is None else [a, *c], 1))[:, int(a is not None) :]
+                    for a, c in clips
+                ],
+                1,
+            )
+        codes = torch.cat([x for _, c in clips for x in c], 1).cpu()
         return PipelineOutput(frames, codes, request["fps"])
 
     def decode(self, codes: torch.Tensor) -> np.ndarray:
