@@ -123,3 +123,16 @@ def test_parsing_a_training_config_does_not_import_the_model():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_generation_does_not_import_the_compiler():
+    """``torch._dynamo`` (with sympy) adds about 70 MB of resident memory at import; generation
+    without ``compile=True`` and the CLI must not pay it (it showed as peak RSS in
+    ``benchmarks/bench_generation.py``)."""
+    code = (
+        "import sys, lumos, lumos.generation.pipeline, lumos.cli.main, lumos.cli.generate\n"
+        "import lumos.training.objective\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

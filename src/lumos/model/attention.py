@@ -168,14 +168,22 @@ class SplitFrameAttention:
 
     def __init__(self, s: TokenStructure, valid: torch.Tensor | None = None) -> None:
         self.groups = plan_runs(s, valid)
+        self.attend = _eager_split_attention()  # resolved here, outside any compiled region
 
-    @torch.compiler.disable  # a Python loop over this batch's runs: eager inside compiled layers
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False
     ) -> torch.Tensor:
         if k.shape[2] != q.shape[2]:
             raise ValueError("SplitFrameAttention needs a full-sequence forward (no KV cache)")
-        return split_attention(q, k, v, self.groups, enable_gqa)
+        return self.attend(q, k, v, self.groups, enable_gqa)
+
+
+@functools.cache
+def _eager_split_attention():
+    """``split_attention`` kept out of compiled graphs (a Python loop over the batch's runs: eager
+    inside compiled layers). Disabled on first use, not at import: ``torch.compiler.disable``
+    imports ``torch._dynamo``, about 70 MB of resident memory that generation never needs."""
+    return torch.compiler.disable(split_attention)
 
 
 @functools.cache
