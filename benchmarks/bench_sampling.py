@@ -8,7 +8,8 @@ positions). Random head weights (std 0.02, the model's init) and hidden states, 
 
 Variants, alternating for ``--rounds`` rounds (medians; ratio against the first): the codebook in
 one piece or streamed in ``vocab_chunk`` pieces, the matmul through ``F.linear`` (ATen's default,
-MKL on x86) or oneDNN (``scheduler.head_logits``, the default for eager fp32 on an x86 CPU).
+MKL on x86) or oneDNN (``lumos.model.linear.linear``, the default for eager fp32 inference on
+an x86 CPU).
 
     python benchmarks/bench_sampling.py [--config bench|1b-width] [--rounds 7] [--threads 2]
         [--vocab-chunks 4096 8192]
@@ -23,8 +24,8 @@ import time
 import torch
 
 from lumos import LumosConfig
-from lumos.generation import scheduler
 from lumos.generation.scheduler import MaskGITScheduler, unmask_schedule
+from lumos.model.linear import ONEDNN_LINEAR
 
 
 def main() -> None:
@@ -49,13 +50,13 @@ def main() -> None:
         sched = MaskGITScheduler(vocab_chunk=vocab_chunk)
 
         def run() -> None:
-            scheduler.ONEDNN_LINEAR = onednn
-            for hidden, u in inputs:
-                sched.sample(hidden, head, u)
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                for hidden, u in inputs:
+                    sched.sample(hidden, head, u)
 
         return run
 
-    onednn_ok = scheduler.ONEDNN_LINEAR
+    onednn_ok = ONEDNN_LINEAR
     variants = {"one piece, F.linear": variant(V, False)}
     if onednn_ok:
         variants["one piece, oneDNN"] = variant(V, True)
@@ -71,7 +72,6 @@ def main() -> None:
             t = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t)
-    scheduler.ONEDNN_LINEAR = onednn_ok
 
     flops = 2 * d * V * sum(positions)
     base = statistics.median(next(iter(times.values())))

@@ -16,13 +16,13 @@ the caller (one call per prompt's generator), so a batch equals its single runs.
 from __future__ import annotations
 
 import math
-import platform
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from lumos.errors import LumosError
+from lumos.model.linear import linear
 from lumos.sequence.masking import SCHEDULES
 
 CDF_BLOCK = 256  # vocabulary entries per block of the two-level inverse CDF
@@ -30,7 +30,6 @@ CDF_BLOCK = 256  # vocabulary entries per block of the two-level inverse CDF
 # device types not listed take the whole codebook in one matmul.
 VOCAB_CHUNK = {"cpu": 4096}
 LOG2E = math.log2(math.e)
-ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and platform.machine() in ("x86_64", "AMD64")
 
 
 @dataclass
@@ -160,7 +159,7 @@ class MaskGITScheduler:
         hidden = hidden * (LOG2E / self.sample_temperature)
         blocks, maxima, sums = [], [], []
         for v0 in range(0, V, step):
-            logits = head_logits(hidden, head[v0 : v0 + step]).float()  # fresh: worked in place
+            logits = linear(hidden, head[v0 : v0 + step]).float()  # fresh: worked in place
             if top_k:
                 kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
                 logits.masked_fill_(logits < kth, float("-inf"))
@@ -223,17 +222,6 @@ def cdf_blocks(weights: torch.Tensor) -> torch.Tensor:
     when ``V`` is not a multiple of ``CDF_BLOCK``)."""
     pad = -weights.shape[-1] % CDF_BLOCK
     return (F.pad(weights, (0, pad)) if pad else weights).unflatten(-1, (-1, CDF_BLOCK))
-
-
-def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``hidden @ weight.T``, [..., V]. Eager fp32 on an x86 CPU goes through oneDNN's matmul: on
-    the head's shapes it measured about twice as fast as the default (MKL, which runs an AVX2
-    path on AMD CPUs; benchmarks/bench_sampling.py). Everything else, and compiled code (whose
-    oneDNN lowering needs frozen weights), through ``F.linear``."""
-    onednn = ONEDNN_LINEAR and hidden.device.type == "cpu" and hidden.dtype == torch.float32
-    if onednn and weight.dtype == torch.float32 and not torch.compiler.is_compiling():
-        return torch.ops.mkldnn._linear_pointwise(hidden, weight, None, "none", [], "")
-    return F.linear(hidden, weight)
 
 
 def inverse_cdf(

@@ -20,6 +20,7 @@ from lumos.model.attention import AttentionMask
 from lumos.model.checkpoint import read_config, read_weights, save_checkpoint
 from lumos.model.config import ROPE_TYPES, LumosConfig
 from lumos.model.kv_cache import KVCache
+from lumos.model.linear import Linear
 from lumos.model.rope import apply_rope, rope_cos_sin, slot_axes
 from lumos.sequence.structure import frame_causal_mask, rope_positions, token_structure
 
@@ -60,10 +61,10 @@ class Attention(nn.Module):
             cfg.head_dim,
         )
         d = cfg.hidden_size
-        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self.q_proj = Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = Linear(self.n_heads * self.head_dim, d, bias=False)
         self.q_norm = QKNorm(self.head_dim)
         self.k_norm = QKNorm(self.head_dim)
 
@@ -95,9 +96,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: LumosConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -150,7 +151,7 @@ class LumosModel(nn.Module):
         self.config = cfg
         self.vocab = cfg.vocab
         self.model = Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         allocation, self.rope_scaled = ROPE_TYPES[cfg.rope_type]
         self.register_buffer("rope_axes", slot_axes(cfg.head_dim, allocation), persistent=False)
         self.apply(self._init_weights)
