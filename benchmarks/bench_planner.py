@@ -9,7 +9,7 @@ not counted; memory-mapped weights count where they are read). The plan comes fr
 Configurations: the generation benchmark's (hidden 256, 4 layers, vocabulary 129,536; 3 latent
 frames of 16 x 16, 8 steps, guidance 3), the 1B width with 2 layers (448 x 256 px, 13 frames,
 4 steps, guidance 3; random weights, a 2.6 GB checkpoint written to a temporary directory) and the
-shipped pipeline at 65 frames (decode included).
+shipped pipeline at 65 frames (default sliding window; decode included).
 
     python benchmarks/bench_planner.py [--only bench|1b|shipped]
 """
@@ -32,7 +32,11 @@ GiB = 1024**3
 def start_measuring() -> int:
     """Warm up the math libraries, reset the peak-RSS counter (Linux: clear_refs 5) and return
     the RSS now: importing torch has a transient peak that would hide everything after it."""
+    from lumos.model.linear import linear
+
     a = torch.randn(256, 256)
+    with torch.no_grad():
+        linear(a, a)  # the model's matmul path (oneDNN on x86): its one-time set-up
     torch.nn.functional.scaled_dot_product_attention(a[None, None], a[None, None], a[None, None])
     x = torch.randn(1, 8, 5, 16, 16)  # the tokenizer's kinds of ops: torch's one-time set-up
     torch.nn.functional.conv3d(x, torch.randn(8, 8, 3, 3, 3), padding=1)
@@ -61,8 +65,7 @@ def run_case(name: str, checkpoint: str | None) -> dict:
     before = start_measuring()
     if name == "shipped":
         pipe = LumosPipeline.from_pretrained()
-        pipe("a blue square moves to the right", num_frames=65, window=65,
-             generator=torch.Generator())  # fmt: skip
+        pipe("a blue square moves to the right", num_frames=65, generator=torch.Generator())
         plan = pipe.plan(num_frames=65, prompt_tokens=60)  # the wrapped prompt: ~50 ids
         return {
             "measured": status_bytes("VmHWM") - before,

@@ -135,3 +135,27 @@ def test_stream_equals_call_with_cosmos(pipe, cosmos, schedule):
     streamed = np.concatenate([c.frames for c in chunks], axis=1).astype(int)
     assert streamed.shape == out.frames.shape == (1, 17, 32, 48, 3)
     assert np.abs(streamed - out.frames).max() <= 1
+
+
+@pytest.mark.parametrize("which", ["ours", "cosmos"])
+def test_clip_decode_is_chunked_and_equals_whole_decode(pipe, cosmos, which):
+    """``LumosPipeline.decode`` (``decode_clip``) decodes a clip ``CLIP_DECODE_CHUNK`` latent
+    frames at a time from the cached state, so memory does not grow with the clip; same
+    frames as one whole-clip decode up to a level of rounding."""
+    from lumos.tokenizers.visual import CLIP_DECODE_CHUNK, decode_clip, video_to_frames
+
+    tok = pipe.visual_tokenizer if which == "ours" else cosmos
+    gen = torch.Generator().manual_seed(2)
+    t = 2 * CLIP_DECODE_CHUNK + 3
+    codes = torch.randint(0, tok.codebook_size, (2, t, 3, 5), generator=gen)
+    whole = video_to_frames(tok.decode(codes)).astype(int)
+    seen = []
+    real = tok._decode_chunk
+    tok._decode_chunk = lambda x, *a, **k: seen.append(x.shape[1]) or real(x, *a, **k)
+    try:
+        chunked = decode_clip(tok, codes).astype(int)
+    finally:
+        del tok._decode_chunk
+    assert max(seen) <= CLIP_DECODE_CHUNK and sum(seen) == t
+    assert chunked.shape == whole.shape
+    assert np.abs(chunked - whole).max() <= 1 and (chunked != whole).mean() < 1e-3

@@ -36,7 +36,12 @@ from lumos.sequence.vocab import Vocabulary
 from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.official_text import check_official_text_tokenizer
 from lumos.tokenizers.text import NUM_INT_TOKENS, TextTokenizer
-from lumos.tokenizers.visual import VisualTokenizer, frames_to_video, video_to_frames
+from lumos.tokenizers.visual import (
+    VisualTokenizer,
+    decode_clip,
+    frames_to_video,
+    video_to_frames,
+)
 
 DEFAULT_PIPELINE_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 WORLD_PROMPT_DOMAIN = "procedural-world"  # prompts as parsed by lumos.data.world.parse_caption
@@ -385,10 +390,10 @@ class LumosPipeline:
         return PipelineOutput(frames, codes, request["fps"])
 
     def decode(self, codes: torch.Tensor) -> np.ndarray:
-        """uint8 RGB frames [B, T, H, W, 3] of latent codes [B, t, h, w]."""
-        return video_to_frames(
-            self.visual_tokenizer.decode(codes.to(self._tokenizer_placement()[0]))
-        )
+        """uint8 RGB frames [B, T, H, W, 3] of latent codes [B, t, h, w], a few latent frames
+        at a time where the tokenizer streams from a cached state (``tokenizers.visual.
+        decode_clip``), so decoding a long clip takes no more memory than a short one."""
+        return decode_clip(self.visual_tokenizer, codes.to(self._tokenizer_placement()[0]))
 
     @torch.no_grad()
     def stream(

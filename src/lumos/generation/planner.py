@@ -4,7 +4,7 @@
 ``generation/generate.py`` keeps alive at its peak: the weights, the KV cache, the activations
 of the largest forward (the prompt prefill or one frame step, both guidance branches), the
 sampling temporaries (one chunk of fp32 logits over the codebook) and the visual tokenizer's
-decode of the whole clip (run on the ``meta`` device by :func:`meta_peak_bytes`, which tracks
+decode of the clip as the pipeline decodes it (run on the ``meta`` device by :func:`meta_peak_bytes`, which tracks
 the bytes of live tensors op by op). FLOPs per latent frame count the matmuls of every step.
 
 On CUDA, attention memory depends on the SDPA kernel: the mask-free calls of the generation loop
@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_flatten
 from lumos.generation.scheduler import CDF_BLOCK, unmask_schedule
 from lumos.model.config import LumosConfig
 from lumos.sequence.layout import tokens_per_frame
+from lumos.tokenizers.visual import clip_decode_chunk
 
 GiB = 1024**3
 
@@ -215,7 +216,12 @@ def meta_peak_bytes(module: torch.nn.Module, method: str, *args: torch.Tensor) -
 def visual_decode_bytes(
     tokenizer: torch.nn.Module, batch: int, t: int, h: int, w: int
 ) -> int | None:
-    """Peak memory of ``tokenizer.decode`` for latent codes [batch, t, h, w]."""
+    """Peak memory of decoding a clip's latent codes [batch, t, h, w] as the pipeline does
+    (``tokenizers.visual.decode_clip``): the whole clip, or for a tokenizer that decodes it a
+    chunk at a time from a cached state, one chunk plus a latent frame (the first chunk's
+    extra frame; the cached state is a few frames)."""
+    chunk = clip_decode_chunk(tokenizer)
+    t = t if chunk is None else min(t, chunk + 1)
     codes = torch.zeros(batch, t, h, w, dtype=torch.long)
     return meta_peak_bytes(tokenizer, "_decode", codes)  # _decode: no host-side range check
 
@@ -238,7 +244,8 @@ def plan_request(
     """:func:`plan_generation` for a request in pixels and RGB frames (``num_frames``,
     ``height``, ``width``), the visual tokenizer's decode of the clip included. ``window``
     (RGB frames): the model's context when the clip is longer (``generation/long_video.py``);
-    the cache and the forwards are those of the window, the decode that of the whole clip."""
+    the cache and the forwards are those of the window; the decode is chunked where the tokenizer
+    allows it (``visual_decode_bytes``)."""
     t, h, w = visual_tokenizer.latent_shape(num_frames, height, width)
     seen = t if window is None else min(t, visual_tokenizer.latent_shape(window, height, width)[0])
     plan = plan_generation(

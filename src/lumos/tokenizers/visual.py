@@ -207,6 +207,30 @@ class CachedStreamDecoder:
         return torch.cat(out, 2).float().clamp(-1, 1)
 
 
+CLIP_DECODE_CHUNK = 4  # latent frames decoded at a time by decode_clip (cached-state tokenizers)
+
+
+def clip_decode_chunk(tokenizer: VisualTokenizer) -> int | None:
+    """Latent frames :func:`decode_clip` decodes at a time: :data:`CLIP_DECODE_CHUNK` for a
+    tokenizer that streams from a cached causal state (each latent frame is decoded once, so the
+    memory of decoding does not grow with the clip), None (the whole clip at once) for the
+    others, whose chunks would re-decode their context."""
+    return CLIP_DECODE_CHUNK if isinstance(tokenizer.stream_decoder(), CachedStreamDecoder) else None
+
+
+def decode_clip(tokenizer: VisualTokenizer, indices: torch.Tensor) -> np.ndarray:
+    """uint8 RGB frames [B, T, H, W, 3] of a clip's codes [B, t, h, w] (on the tokenizer's
+    device), :func:`clip_decode_chunk` latent frames at a time: the float video of one chunk is
+    the largest thing alive. Equals ``video_to_frames(tokenizer.decode(indices))`` up to float
+    rounding (a pixel may differ by one level)."""
+    chunk = clip_decode_chunk(tokenizer)
+    if chunk is None:
+        return video_to_frames(tokenizer.decode(indices))
+    decoder = tokenizer.stream_decoder()
+    starts = range(0, indices.shape[1], chunk)
+    return np.concatenate([video_to_frames(decoder(indices[:, s : s + chunk])) for s in starts], 1)
+
+
 def frames_to_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 RGB frames [T, H, W, 3] (or a batch [B, T, H, W, 3]) -> float [(B,) 3, T, H, W]
     in [-1, 1]."""
