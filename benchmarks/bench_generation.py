@@ -127,7 +127,9 @@ def run_variant(args) -> dict:
         result["sdpa"] = sdpa_kernels(once)
         return result
     counter = FlopCounterMode(display=False)
-    with counter:  # FLOPs of the eager run (a dispatch mode cannot run compiled code)
+    # FLOPs of the eager run (a dispatch mode cannot run compiled code), through F.linear: the
+    # counter has no formula for oneDNN's linear op, which eager CPU inference runs otherwise.
+    with counter, torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
         generate(model, prompt, frames, h, w, 1, 8, None, cfg, torch.Generator(device))
     result["gflops_per_s"] = counter.get_total_flops() / seconds / 1e9
     result["matmul_gflops_per_s"] = matmul_gflops()

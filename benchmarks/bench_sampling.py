@@ -50,7 +50,7 @@ def main() -> None:
         sched = MaskGITScheduler(vocab_chunk=vocab_chunk)
 
         def run() -> None:
-            with torch.backends.mkldnn.flags(enabled=onednn):
+            with torch.backends.mkldnn.flags(enabled=onednn, allow_tf32=None):
                 for hidden, u in inputs:
                     sched.sample(hidden, head, u)
 

@@ -32,7 +32,7 @@ def test_onednn_path_equals_f_linear(monkeypatch, shape):
         for bias in (None, b):
             torch.testing.assert_close(L.linear(x, w, bias), F.linear(x, w, bias))
     assert len(calls) == 2
-    with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
+    with torch.backends.mkldnn.flags(enabled=False, allow_tf32=None), torch.no_grad():
         L.linear(x, w)
     assert len(calls) == 2  # the switch turns it off
 

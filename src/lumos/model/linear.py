@@ -6,7 +6,7 @@ oneDNN's measured about twice as fast on the head's and the decoder's inference 
 (``benchmarks/bench_sampling.py``; ``benchmarks/bench_generation.py`` end to end). oneDNN's op
 has no backward, so a call that autograd records, compiled code (Inductor lowers linears
 itself) and every other device and dtype take ``F.linear``. ``torch.backends.mkldnn.flags(
-enabled=False)`` turns the oneDNN path off.
+enabled=False, allow_tf32=None)`` turns the oneDNN path off.
 """
 
 from __future__ import annotations
