@@ -115,24 +115,23 @@ def test_no_import_cycles():
     assert not found, "\n".join(describe(c, graph, modules) for c in found)
 
 
-def test_parsing_a_training_config_does_not_import_the_model():
-    code = (
-        "import sys, lumos.training.config\n"
-        "print(sorted(m for m in ('lumos.model.transformer', 'lumos.training.objective') "
-        "if m in sys.modules))"
-    )
+def modules_loaded_by(imports: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` are in ``sys.modules`` after ``import <imports>`` in a fresh
+    interpreter."""
+    code = f"import sys, {imports}\nprint(sorted(m for m in {watched!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return ast.literal_eval(out.stdout.strip())
+
+
+def test_parsing_a_training_config_does_not_import_the_model():
+    watched = ("lumos.model.transformer", "lumos.training.objective")
+    assert modules_loaded_by("lumos.training.config", watched) == []
 
 
 def test_generation_does_not_import_the_compiler():
     """``torch._dynamo`` (with sympy) adds about 70 MB of resident memory at import; generation
     without ``compile=True`` and the CLI must not pay it (it showed as peak RSS in
     ``benchmarks/bench_generation.py``)."""
-    code = (
-        "import sys, lumos, lumos.generation.pipeline, lumos.cli.main, lumos.cli.generate\n"
-        "import lumos.training.objective\n"
-        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    imports = "lumos, lumos.generation.pipeline, lumos.cli.main, lumos.cli.generate, "
+    imports += "lumos.training.objective"
+    assert modules_loaded_by(imports, ("torch._dynamo", "sympy")) == []
