@@ -348,3 +348,20 @@ def test_adapter_loading_errors(adapted_pipeline, tmp_path, capsys):
     assert main([*prompt, *checkpoint, "--adapter", str(bad)]) == 2
     assert "PEFT config" in capsys.readouterr().err
     assert main([*prompt, *checkpoint, "--adapter", str(root / "adapter")]) == 0
+
+
+def test_eval_with_adapter(adapted_pipeline, tmp_path, capsys):
+    """``lumos eval --adapter``: the adapter is applied (outputs differ from the base model's)
+    and recorded in the report; with ``--random-init`` it is a one-line error."""
+    root = adapted_pipeline
+    run = ["eval", "--checkpoint", str(root / "base"), "--n", "1", "--groups", "t2i"]
+    assert main([*run, "--out", str(tmp_path / "base")]) == 0
+    assert main([*run, "--adapter", str(root / "adapter"), "--out", str(tmp_path / "lora")]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "lora" / "report.json").read_text())
+    assert report["settings"]["adapter"] == str(root / "adapter")
+    sheets = [(tmp_path / d / "contact_sheet.png").read_bytes() for d in ("base", "lora")]
+    assert sheets[0] != sheets[1]
+    bad = ["eval", "--random-init", "--adapter", str(root / "adapter"), "--out", str(tmp_path)]
+    assert main(bad) == 2
+    assert "--random-init" in capsys.readouterr().err

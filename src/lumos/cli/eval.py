@@ -13,6 +13,7 @@ from lumos import validate
 from lumos.cli.generate import (
     FRAMES_ARG,
     SIDE_ARG,
+    add_adapter_arg,
     add_placement_args,
     add_sampling_args,
     sampling_kwargs,
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", type=Path, help="pipeline directory (default: shipped model)")
     p.add_argument("--random-init", action="store_true", help="evaluate an untrained model")
+    add_adapter_arg(p)
     p.add_argument(
         "--n",
         type=validate.int_arg(1, MAX_CASES),
@@ -69,12 +71,16 @@ def run(args: argparse.Namespace) -> int:
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
         raise LumosError(f"unknown groups {unknown}; choose from {','.join(GROUPS)}")
+    if args.adapter is not None and args.random_init:
+        raise LumosError("--adapter applies to a trained model, not to --random-init")
     report_path = validate.output_path(args.out / "report.json", "file", what="--out")
     sheet_path = validate.output_path(args.out / "contact_sheet.png", "file", what="--out")
     pipe = (
         LumosPipeline.random_init(args.seed).to(*placement(args.device, args.dtype))
         if args.random_init
-        else LumosPipeline.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
+        else LumosPipeline.from_pretrained(
+            args.checkpoint, device=args.device, dtype=args.dtype, adapter=args.adapter
+        )
     )
     d = pipe.defaults
     size = d.resolve(num_frames=args.frames, height=args.height, width=args.width)
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     report["settings"] = {
         "checkpoint": "random-init" if args.random_init else str(args.checkpoint or "default"),
+        "adapter": None if args.adapter is None else str(args.adapter),
         "n_per_group": args.n,
         "max_objects": args.max_objects,
         "frames": frames,

@@ -62,12 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image", type=Path, help="first frame for image-to-video (png, jpg, video)")
     add_model_args(p)
-    p.add_argument(
-        "--adapter",
-        type=Path,
-        help="a LoRA adapter directory (lumos train with lora.rank > 0: OUTPUT/adapter) applied "
-        "on top of the model (needs pip install lumos[lora])",
-    )
+    add_adapter_arg(p)
     p.add_argument(
         "--threads", type=validate.THREADS_ARG, help="CPU threads (default: the model's setting)"
     )
@@ -135,6 +130,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="use an untrained, randomly initialised tiny model (output is noise)",
     )
     add_placement_args(p)
+
+
+def add_adapter_arg(p: argparse.ArgumentParser) -> None:
+    """``--adapter`` (``lumos generate``, ``lumos eval``): a LoRA adapter on the model."""
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        help="a LoRA adapter directory (lumos train with lora.rank > 0: OUTPUT/adapter) applied "
+        "on top of the model (needs pip install lumos[lora])",
+    )
 
 
 def add_placement_args(p: argparse.ArgumentParser) -> None:
