@@ -80,7 +80,7 @@ def run_case(name: str, checkpoint: str | None) -> dict:
     generate(model, [prompt], frames, h, w, 1, 8, None, cfg, torch.Generator().manual_seed(0))
     measured = status_bytes("VmHWM") - before
     plan = plan_generation(
-        model.config, 1, frames, h, w, len(prompt), steps, True, weights_mapped=True
+        model.config, 1, frames, h, w, len(prompt), steps, 2, weights_mapped=True
     )
     return {"measured": measured, "plan": plan.total, "table": plan.table()}
 

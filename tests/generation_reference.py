@@ -56,8 +56,9 @@ def _sample_one(logits: torch.Tensor, u: float, cfg) -> tuple[int, float]:
 
 @torch.no_grad()
 def reference_generate(model, text_ids, num_frames, height, width, duration, fps, cfg, generators,
-                       given_frames=None):  # fmt: skip
-    """Codes [B, num_frames, h, w]; ``generators`` one per prompt."""
+                       given_frames=None, negative_ids=None):  # fmt: skip
+    """Codes [B, num_frames, h, w]; ``generators`` one per prompt; ``negative_ids`` one per
+    prompt or None."""
     vocab = model.vocab
     N = height * width
     content = torch.arange(height * (width + 1)).view(height, width + 1)
@@ -66,11 +67,14 @@ def reference_generate(model, text_ids, num_frames, height, width, duration, fps
     keep = unmask_schedule(N, cfg.num_steps, cfg.schedule)
     t0 = 0 if given_frames is None else given_frames.shape[1]
     use_cfg = cfg.guidance_scale != 1.0
+    use_neg = negative_ids is not None and cfg.negative_guidance_scale != 0.0
     out = torch.zeros(len(text_ids), num_frames, height, width, dtype=torch.long)
     for b, text in enumerate(text_ids):
         rows = [prefix_tokens(vocab, list(text), duration, fps)]
         if use_cfg:
             rows.append(prefix_tokens(vocab, None, duration, fps))
+        if use_neg:
+            rows.append(prefix_tokens(vocab, list(negative_ids[b]), duration, fps))
         clean = [list(r) for r in rows]  # unmasked: positions follow the true layout
         for f in range(num_frames):
             if f < t0:
@@ -87,11 +91,12 @@ def reference_generate(model, text_ids, num_frames, height, width, duration, fps
                         positions, s = model.positions(torch.cat([torch.tensor(c), frame])[None])
                         h = model.hidden(seq, positions, model.attention_mask(s, None))[0]
                         hidden.append(h[0, len(r) + visual])
+                    h = hidden[0]
                     if use_cfg:
                         g = cfg.guidance_scale
                         h = g * hidden[0] + (1 - g) * hidden[1]
-                    else:
-                        h = hidden[0]
+                    if use_neg:
+                        h = h + cfg.negative_guidance_scale * (hidden[0] - hidden[-1])
                     logits = model.visual_logits(h)
                     u = torch.rand(2, N, generator=generators[b])
                     tau = _tau(cfg, f - t0, step)

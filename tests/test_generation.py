@@ -53,6 +53,8 @@ def run(model, prompts, seed=0, shared_generator=False, **kw):
         dict(prompts=[[5, 6], [7, 8, 9]], num_frames=1, height=4, width=3),  # t2i
         dict(prompts=[[5, 6], [7]], num_frames=2, height=2, width=3, guidance=1.0),
         dict(prompts=[[5, 6, 7, 8], [9]], num_frames=2, height=3, width=5, vocab_chunk=256),
+        dict(prompts=[[5, 6, 7], [9]], num_frames=3, height=2, width=3, negative=[[8], [10, 11, 12]]),
+        dict(prompts=[[5, 6], [7]], num_frames=2, height=3, width=2, guidance=1.0, negative=[[9], [6]]),
     ],
 )
 def test_generation_equals_plain_reference(case, monkeypatch):
@@ -66,10 +68,13 @@ def test_generation_equals_plain_reference(case, monkeypatch):
     given = torch.randint(0, 300, (len(prompts), 1, h, w)) if case.get("i2v") else None
     cfg = GenerationConfig(
         num_steps=5, guidance_scale=case.get("guidance", 3.0), history_mask_ratio=0.5,
-        temperature=2.0,
+        temperature=2.0, negative_guidance_scale=2.5,
     )  # fmt: skip
-    out = generate(model, prompts, F_, h, w, 1, 8, given, cfg, gens(3, len(prompts)))
-    ref = reference_generate(model, prompts, F_, h, w, 1, 8, cfg, gens(3, len(prompts)), given)
+    neg = case.get("negative")
+    out = generate(model, prompts, F_, h, w, 1, 8, given, cfg, gens(3, len(prompts)),
+                   negative_ids=neg)  # fmt: skip
+    ref = reference_generate(model, prompts, F_, h, w, 1, 8, cfg, gens(3, len(prompts)), given,
+                             neg)  # fmt: skip
     assert torch.equal(out.codes, ref)
     if given is not None:
         assert torch.equal(out.codes[:, :1], given)
@@ -111,6 +116,7 @@ class CountMaskedAttention:
         dict(prompts=[[5, 6, 7, 8], [9], [10, 11]], num_frames=2),  # lengths differ, guidance
         dict(prompts=[[5, 6, 7], [9]], num_frames=1),  # text-to-image
         dict(prompts=[[5, 6, 7], [9]], num_frames=3, i2v=True),
+        dict(prompts=[[5, 6, 7], [9]], num_frames=2, negative_ids=[[8], [10, 11, 12, 13]]),
     ],
 )
 def test_no_attention_call_carries_a_mask(monkeypatch, kw):
@@ -118,8 +124,22 @@ def test_no_attention_call_carries_a_mask(monkeypatch, kw):
     monkeypatch.setattr(F, "scaled_dot_product_attention", counter(F.scaled_dot_product_attention))
     model = tiny_model()
     given = torch.randint(0, 256, (len(kw["prompts"]), 1, 2, 3)) if kw.get("i2v") else None
-    run(model, kw["prompts"], num_frames=kw["num_frames"], height=2, width=3, given_frames=given)
+    run(model, kw["prompts"], num_frames=kw["num_frames"], height=2, width=3, given_frames=given,
+        negative_ids=kw.get("negative_ids"))  # fmt: skip
     assert counter.calls > 0 and counter.masked == 0
+
+
+def test_negative_prompts_steer_and_scale_zero_drops_their_branch():
+    model = tiny_model()
+    prompts, negatives = [[5, 6, 7], [9]], [[8], [10, 11]]
+    kw = dict(num_frames=2, height=2, width=3)
+    plain = run(model, prompts, **kw)
+    off = run(model, prompts, negative_ids=negatives, config={"negative_guidance_scale": 0.0}, **kw)
+    steered = run(model, prompts, negative_ids=negatives, **kw)
+    assert torch.equal(plain.codes, off.codes)
+    assert not torch.equal(plain.codes, steered.codes)
+    with pytest.raises(LumosError, match="negative prompts"):
+        run(model, prompts, negative_ids=negatives[:1], **kw)
 
 
 def test_fixed_shape_steps_equal_gathered_steps(record_steps):

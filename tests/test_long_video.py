@@ -147,3 +147,36 @@ def test_cli_stream_schedule_and_continuation(tmp_path, capsys):
                  "--steps", "2", "--out", str(cont)]) == 0  # fmt: skip
     assert len(read_video(cont)[0]) == 17
     assert main(["generate", "--prompt-schedule", "0:a;6:b", "--frames", "17"]) == 2
+
+
+def test_schedule_segments_are_contrasted_with_their_neighbours(monkeypatch):
+    """A schedule's default negative prompts: the previous segment's prompt (the first
+    segment: the second's); an explicit one applies to every segment; scale 0 drops them."""
+    pipe = LumosPipeline.from_pretrained()
+    negatives = []
+    real = lv.generate_frames
+
+    def spy(*args, **kw):
+        negatives.append(args[12])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(lv, "generate_frames", spy)
+    prompts = ["a red circle moves to the left", "a red circle moves to the right",
+               "a red circle moves up"]  # fmt: skip
+
+    def run(**kw):
+        negatives.clear()
+        pipe(prompts, num_frames=25, segment_frames=8, num_inference_steps=1, decode=False,
+             generator=torch.Generator().manual_seed(0), **kw)  # fmt: skip
+        return list(negatives)  # one generate_frames call per segment here
+
+    def enc(p):
+        return pipe.encode_prompts([p], 9, 64, 64)
+
+    assert run() == [enc(prompts[1]), enc(prompts[0]), enc(prompts[1])]
+    assert run(negative_prompt="a blue square") == [enc("a blue square")] * 3
+    assert run(negative_guidance_scale=0) == [None] * 3
+    with pytest.raises(LumosError, match="2 negative prompts for 3 schedule segments"):
+        run(negative_prompt=["a", "b"])
+    with pytest.raises(LumosError, match="negative prompt is empty"):
+        pipe("a red circle", num_frames=9, negative_prompt="  ")

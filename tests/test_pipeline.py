@@ -194,10 +194,13 @@ def test_defaults_fill_only_unset_settings():
         num_inference_steps=d.num_inference_steps,
         guidance_scale=3.0,
         history_mask_ratio=d.history_mask_ratio,
+        negative_guidance_scale=d.negative_guidance_scale,
     )
-    given = d.resolve(num_frames=5, height=32, guidance_scale=0.0, history_mask_ratio=0.0)
+    given = d.resolve(num_frames=5, height=32, guidance_scale=0.0, history_mask_ratio=0.0,
+                      negative_guidance_scale=0.0)  # fmt: skip
     assert (given["num_frames"], given["height"], given["width"]) == (5, 32, 96)
     assert given["guidance_scale"] == 0.0 and given["history_mask_ratio"] == 0.0  # 0 is a value
+    assert given["negative_guidance_scale"] == 0.0
     t2i = dataclasses.replace(d, image_guidance_scale=5.0)
     assert t2i.resolve(num_frames=1)["guidance_scale"] == 5.0
     assert t2i.resolve(num_frames=9)["guidance_scale"] == 3.0

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch import nn
 
@@ -10,7 +11,9 @@ from lumos.generation.generate import GenerationConfig, generate
 from lumos.generation.planner import GiB, meta_peak_bytes, plan_generation
 
 
-def test_kv_cache_plan_is_the_allocated_cache(monkeypatch):
+@pytest.mark.parametrize("negative", [False, True])
+def test_kv_cache_plan_is_the_allocated_cache(monkeypatch, negative):
+    """With a negative prompt (shorter than the prompts) the cache has a third branch."""
     model = tiny_model()
     allocated = []
     real = type(model).new_cache
@@ -22,8 +25,10 @@ def test_kv_cache_plan_is_the_allocated_cache(monkeypatch):
 
     monkeypatch.setattr(type(model), "new_cache", spy)
     prompts = [list(range(10, 20)), list(range(30, 45))]  # longest: 15 text ids
-    generate(model, prompts, 3, 2, 5, 1, 8, None, GenerationConfig(num_steps=2, guidance_scale=3.0))
-    plan = plan_generation(model.config, 2, 3, 2, 5, 15, 2, guidance=True)
+    negatives = [[7, 8], [9]] if negative else None
+    cfg = GenerationConfig(num_steps=2, guidance_scale=3.0)
+    generate(model, prompts, 3, 2, 5, 1, 8, None, cfg, negative_ids=negatives)
+    plan = plan_generation(model.config, 2, 3, 2, 5, 15, 2, branches=3 if negative else 2)
     assert plan.kv_cache == allocated[0]
 
 
@@ -43,10 +48,10 @@ def test_gpu_projection_of_the_1b_model():
     """The judged projection: 1B, 448 x 256 px, 25 frames (7 latent), bf16, guidance, one prompt
     under 6 GiB; the masked math-kernel scores it avoids are ~5.6 GiB per layer."""
     cfg = LumosConfig.lumos_1b()
-    plan = plan_generation(cfg, 1, 7, 32, 56, 120, 50, True, torch.bfloat16, "cuda")
+    plan = plan_generation(cfg, 1, 7, 32, 56, 120, 50, 2, torch.bfloat16, "cuda")
     assert plan.total < 6 * GiB and plan.attention_kernel == "flash"
     assert 5.3 * GiB < plan.masked_attention_scores < 5.9 * GiB
-    two = plan_generation(cfg, 2, 7, 48, 84, 120, 50, True, torch.bfloat16, "cuda")
+    two = plan_generation(cfg, 2, 7, 48, 84, 120, 50, 2, torch.bfloat16, "cuda")
     assert two.total > plan.total and two.kv_cache == 2 * (two.kv_cache // 2)
 
 

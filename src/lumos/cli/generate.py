@@ -86,6 +86,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--video", type=Path, help="a clip to continue (its last frames are the start)")
     p.add_argument(
+        "--negative-prompt",
+        help="what to steer away from (a third guidance branch: 1.5x the compute); with "
+        "--prompt-schedule it applies to every segment, which are otherwise each contrasted "
+        "with their neighbour's prompt",
+    )
+    p.add_argument(
+        "--negative-guidance",
+        type=validate.float_arg(0),
+        help="weight of the negative prompt (default: the model's, 0 turns it off)",
+    )
+    p.add_argument(
         "--stream",
         action="store_true",
         help="write each frame as a PNG as soon as it is made (OUT_frames/), then the video",
@@ -335,16 +346,20 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
         prompts, size["num_frames"], size["height"], size["width"], args.fps
     )
     longest = max(len(ids) for ids in text_ids)
+    scale = d.resolve(negative_guidance_scale=args.negative_guidance)["negative_guidance_scale"]
+    segments = len(parse_schedule(args.prompt_schedule)) if args.prompt_schedule else 1
+    negative = bool(scale) and (args.negative_prompt is not None or segments > 1)
     plan = pipe.plan(
         batch, size["num_frames"], size["height"], size["width"],
         sampling["num_inference_steps"], sampling["guidance_scale"], longest,
-        compile=args.compile, window=args.window,
+        compile=args.compile, window=args.window, negative=negative,
     )  # fmt: skip
     if args.dry_run:
         print(
             f"{batch} prompt(s) at a time, {size['num_frames']} frames of "
             f"{size['width']}x{size['height']} px, {sampling['num_inference_steps']} steps, "
             f"guidance {sampling['guidance_scale']}"
+            + (f", negative guidance {scale}" if negative else "")
         )
         print(plan.table())
     if args.max_memory is not None and plan.total > args.max_memory * GiB:
@@ -374,11 +389,12 @@ def stream_to_pngs(pipe, request: dict, paths: list[Path], bar) -> tuple[list, i
     import numpy as np
     from PIL import Image
 
+    stream = pipe.stream(**request)  # checks the request: nothing is written on bad input
     folders = [p.with_name(p.stem + "_frames") for p in paths]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     parts, written, fps = [], 0, 1
-    for chunk in pipe.stream(**request):
+    for chunk in stream:
         for folder, frames in zip(folders, chunk.frames, strict=True):
             for k, frame in enumerate(frames):
                 Image.fromarray(frame).save(folder / f"{written + k:04d}.png")
@@ -430,6 +446,11 @@ def run(args: argparse.Namespace) -> int:
         validate.input_file(args.video, "--video")
         if args.image is not None or args.t2i:
             raise LumosError("--video (continuation) excludes --image and --t2i")
+    if args.negative_prompt is not None and not args.negative_prompt.strip():
+        raise LumosError(
+            "--negative-prompt is empty; give what to steer away from (--negative-guidance 0 "
+            "turns negative guidance off)"
+        )
     if args.dry_run or args.max_memory is not None:
         check_memory(args, prompts)
         if args.dry_run:
@@ -472,6 +493,8 @@ def run(args: argparse.Namespace) -> int:
             generator=[torch.Generator().manual_seed(args.seed + i) for i in chunk],
             image=image,
             video=video,
+            negative_prompt=args.negative_prompt,
+            negative_guidance_scale=args.negative_guidance,
             window=args.window,
             callback=lambda *_: bar.update(1),
             compile=args.compile,

@@ -4,7 +4,8 @@
 Latent frames are produced one after another. Inside a frame every token starts as MASK and a
 :class:`~lumos.generation.scheduler.MaskGITScheduler` reveals them over ``num_steps`` steps. The
 prompt and finished frames live in a preallocated KV cache; each step re-runs only the current
-frame, the conditional and the unconditional branch together in one batched forward. A finished
+frame, the conditional and the unconditional branch (and a negative prompt's branch, when one
+is given) together in one batched forward. A finished
 frame is written into the cache with the evenly spaced history mask; the returned codes stay
 unmasked.
 
@@ -44,6 +45,7 @@ class GenerationConfig:
 
     num_steps: int = 50  # MaskGIT steps per latent frame
     guidance_scale: float = 15.0  # classifier-free guidance; 1 turns the unconditional branch off
+    negative_guidance_scale: float = 3.0  # weight of (prompt - negative prompt) when one is given
     history_mask_ratio: float = 0.7  # fraction of a finished frame masked in the cache
     temperature: float = 1.0  # scale of the Gumbel noise on confidences (annealed per frame)
     sample_temperature: float = 1.0  # softmax temperature of the token sampling
@@ -63,6 +65,7 @@ class GenerationConfig:
         if self.num_steps < 1:
             raise LumosError(f"num_steps must be >= 1, got {self.num_steps}")
         finite("guidance_scale", self.guidance_scale, 0.0)
+        finite("negative_guidance_scale", self.negative_guidance_scale, 0.0)
         finite("temperature", self.temperature, 0.0)
         finite("sample_temperature", self.sample_temperature, 0.0, strict=True)
         if not (math.isfinite(self.history_mask_ratio) and 0.0 <= self.history_mask_ratio < 1.0):
@@ -96,10 +99,11 @@ class FramePlan:
     """Everything about one call's token layout that does not change while generating.
 
     Rows of the batch are the conditional rows of the prompts sorted by prompt length (so rows
-    with equal left padding are adjacent), then the unconditional rows. ``order[i]`` is the
-    caller's index of sorted prompt ``i``."""
+    with equal left padding are adjacent), then the rows of each further branch in the same
+    order. ``order[i]`` is the caller's index of sorted prompt ``i``."""
 
     order: list[int]
+    branches: tuple[str, ...]  # "cond", then "uncond" and/or "negative": B rows each
     layout: torch.Tensor  # [rows, total] ids: padding, prefixes, frames (MASK placeholders), VEND
     valid: torch.Tensor  # [rows, total] bool: non-padding
     positions: torch.Tensor  # [rows, 3, total] MM-RoPE positions
@@ -121,18 +125,23 @@ def plan_layout(
     width: int,
     duration: int,
     fps: int,
-    branches: int,
+    branches: Sequence[str],
     given_frames: torch.Tensor | None,
+    negative_ids: Sequence[Sequence[int]] | None = None,
 ) -> FramePlan:
-    """Lay out every row (left-padded prefix, ``num_frames`` frames, VEND) on the model's device."""
+    """Lay out every row (left-padded prefix, ``num_frames`` frames, VEND) on the model's device.
+    ``branches``: ``"cond"`` (the prompt), ``"uncond"`` (no text), ``"negative"``
+    (``negative_ids``), B rows each."""
     vocab, spatial = model.vocab, model.config.rope_scale_hw
     B = len(text_ids)
     order = sorted(range(B), key=lambda b: len(text_ids[b]))
     t0 = 0 if given_frames is None else given_frames.shape[1]
     rows, prefix_lens = [], []
-    for branch in range(branches):
+    texts = {"cond": text_ids, "uncond": [None] * B, "negative": negative_ids}
+    for branch in branches:
         for b in order:
-            ids = prefix_tokens(vocab, list(text_ids[b]) if branch == 0 else None, duration, fps)
+            text = texts[branch][b]
+            ids = prefix_tokens(vocab, None if text is None else list(text), duration, fps)
             prefix_lens.append(len(ids))
             for f in range(num_frames):
                 codes = given_frames[b, f] if f < t0 else None
@@ -158,6 +167,7 @@ def plan_layout(
     content = torch.arange(height * (width + 1), device=device).view(height, width + 1)
     return FramePlan(
         order=order,
+        branches=tuple(branches),
         layout=layout,
         valid=valid,
         positions=positions,
@@ -191,22 +201,28 @@ def denoise_step(
     tau: torch.Tensor,
     guidance_scale: float,
     num_scored: int | None = None,
+    negative_scale: float = 0.0,
 ) -> FrameState:
-    """One MaskGIT step of the frame at cache slot ``s0``: forward both branches over the cache,
-    guide, then ``scheduler.step``. ``num_scored=None`` scores every grid position (fixed shapes,
-    what gets compiled); an int scores only that many unknown positions (the eager form: less
-    head work, same result)."""
+    """One MaskGIT step of the frame at cache slot ``s0``: forward every branch over the cache,
+    guide, then ``scheduler.step``. Guidance (on hidden states = on logits, the head is linear):
+    ``g * cond + (1 - g) * uncond``, plus ``negative_scale * (cond - negative)`` with a negative
+    prompt. ``num_scored=None`` scores every grid position (fixed shapes, what gets compiled);
+    an int scores only that many unknown positions (the eager form: less head work, same
+    result)."""
     vocab = model.vocab
     B = state.codes.shape[0]
     ids = frame_ids(template, plan, state, vocab.mask, vocab.visual_range[0])
-    branches = plan.layout.shape[0] // B
     Tf = plan.tokens_per_frame
     hidden = model.hidden(
-        ids.repeat(branches, 1), plan.positions[:, :, s0 : s0 + Tf], plan.attend, cache, s0
-    )[0]
-    hidden = hidden[:, plan.visual_slots]  # [rows, N, d]
-    if branches == 2:  # guidance on hidden states = guidance on logits (the head is linear)
-        hidden = guidance_scale * hidden[:B] + (1.0 - guidance_scale) * hidden[B:]
+        ids.repeat(len(plan.branches), 1), plan.positions[:, :, s0 : s0 + Tf], plan.attend, cache,
+        s0,
+    )[0]  # fmt: skip
+    rows = dict(zip(plan.branches, hidden[:, plan.visual_slots].split(B), strict=True))  # [B, N, d]
+    hidden = rows["cond"]
+    if "uncond" in rows:
+        hidden = guidance_scale * hidden + (1.0 - guidance_scale) * rows["uncond"]
+    if "negative" in rows:
+        hidden = hidden + negative_scale * (rows["cond"] - rows["negative"])
     slots = None
     if num_scored is not None:  # the unknown positions, ascending, as fixed-size ops
         slots = (~state.unknown).to(torch.uint8).argsort(dim=1, stable=True)[:, :num_scored]
@@ -223,6 +239,16 @@ def compiled_denoise_step() -> Callable:
     if _compiled_step is None:
         _compiled_step = torch.compile(denoise_step, fullgraph=True)
     return _compiled_step
+
+
+def guidance_branches(cfg: GenerationConfig, negative: bool) -> tuple[str, ...]:
+    """The row branches of a call: the prompt, the unconditional one unless guidance is 1, and
+    the negative prompt's when one is given and its scale is not 0."""
+    return (
+        ("cond",)
+        + (("uncond",) if cfg.guidance_scale != 1.0 else ())
+        + (("negative",) if negative and cfg.negative_guidance_scale != 0.0 else ())
+    )
 
 
 def device_generators(generator: GeneratorArg, batch: int, device: torch.device) -> list:
@@ -258,6 +284,7 @@ def generate_frames(
     generator: GeneratorArg = None,
     callback: StepCallback | None = None,
     compile: bool = False,
+    negative_ids: Sequence[Sequence[int]] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, FramePlan]]:
     """Yield ``(f, codes [B, h, w], plan)`` for each generated latent frame ``f`` as soon as it
     is finished (on the model's device, in the caller's prompt order). Inputs are checked
@@ -277,10 +304,12 @@ def generate_frames(
         )
     if not t0 < num_frames:
         raise LumosError(f"num_frames ({num_frames}) must exceed the given frames ({t0})")
+    if negative_ids is not None and len(negative_ids) != B:
+        raise LumosError(f"got {len(negative_ids)} negative prompts for {B} prompts; give one each")
     gens = device_generators(generator, B, model.lm_head.weight.device)
     return _frames(
         model, text_ids, num_frames, height, width, duration, fps, given_frames, cfg, gens,
-        callback, compile,
+        callback, compile, negative_ids,
     )  # fmt: skip
 
 
@@ -298,17 +327,19 @@ def _frames(
     gens: list,
     callback: StepCallback | None,
     compile: bool,
+    negative_ids: Sequence[Sequence[int]] | None,
 ) -> Iterator[tuple[int, torch.Tensor, FramePlan]]:
     vocab = model.vocab
     device = model.lm_head.weight.device
     B = len(text_ids)
     t0 = 0 if given_frames is None else given_frames.shape[1]
-    branches = 2 if cfg.guidance_scale != 1.0 else 1
+    branches = guidance_branches(cfg, negative_ids is not None)
 
     # 1. Plan the layout of every row and prefill the prompts into the cache.
     plan = plan_layout(
-        model, text_ids, num_frames, height, width, duration, fps, branches, given_frames
-    )
+        model, text_ids, num_frames, height, width, duration, fps, branches, given_frames,
+        negative_ids,
+    )  # fmt: skip
     order, Tf, P = plan.order, plan.tokens_per_frame, plan.prefix_len
     order_t = torch.tensor(order, device=device)
     inverse = order_t.argsort()
@@ -322,7 +353,7 @@ def _frames(
     def commit(f: int, ids: torch.Tensor) -> None:
         """Write frame ``f`` (ids [B, Tf], sorted order) into the cache, history-masked."""
         s0 = plan.frame_start(f)
-        masked = ids.repeat(branches, 1)
+        masked = ids.repeat(len(branches), 1)
         masked[:, hist] = vocab.mask
         model.hidden(masked, plan.positions[:, :, s0 : s0 + Tf], plan.attend, cache, s0)
 
@@ -360,11 +391,12 @@ def _frames(
                 tau[step],
                 cfg.guidance_scale,
                 None if fixed else scheduler.unknown_before[step],
+                cfg.negative_guidance_scale,
             )
             if callback is not None:
                 callback(f, step, num_frames, cfg.num_steps)
         ids = frame_ids(template, plan, state, vocab.mask, vocab.visual_range[0])
-        plan.layout[:, s0 : s0 + Tf] = ids.repeat(branches, 1)
+        plan.layout[:, s0 : s0 + Tf] = ids.repeat(len(branches), 1)
         commit(f, ids)
         yield f, state.codes.view(B, height, width)[inverse], plan
 
@@ -382,10 +414,13 @@ def generate(
     generator: GeneratorArg = None,
     callback: StepCallback | None = None,
     compile: bool = False,
+    negative_ids: Sequence[Sequence[int]] | None = None,
 ) -> GenerationOutput:
     """Generate ``num_frames`` latent frames of ``height`` x ``width`` tokens for each prompt.
 
     ``text_ids``: one token list per prompt (the wrapped prompt, without BOS/SEP).
+    ``negative_ids``: optional, one per prompt: a third branch steers away from it with
+    ``config.negative_guidance_scale``.
     ``given_frames``: optional codes [B, t0, h, w] of leading frames (image-to-video).
     ``generator``: one generator for the batch, or one per prompt (then a batch equals the
     single runs); a generator on another device than the model's is accepted.
@@ -394,7 +429,7 @@ def generate(
     """
     frames = generate_frames(
         model, text_ids, num_frames, height, width, duration, fps, given_frames, config,
-        generator, callback, compile,
+        generator, callback, compile, negative_ids,
     )  # fmt: skip
     B = len(text_ids)
     codes = torch.zeros(B, num_frames, height, width, dtype=torch.long)

@@ -21,6 +21,7 @@ Units: latent frames and latent tokens throughout.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -34,7 +35,13 @@ from lumos.generation.generate import (
 )
 from lumos.model.transformer import LumosModel
 
-Segment = tuple[int, Sequence[Sequence[int]]]  # (first latent frame, text ids of each prompt)
+
+class Segment(NamedTuple):
+    """A stretch of a video under one prompt (a plain ``(start, text_ids)`` tuple also works)."""
+
+    start: int  # first latent frame
+    text_ids: Sequence[Sequence[int]]  # the prompt's text ids, one list per video of the batch
+    negative_ids: Sequence[Sequence[int]] | None = None  # negative prompt per video, or none
 
 
 def generate_windowed(
@@ -60,8 +67,9 @@ def generate_windowed(
     [B, th, h, w] are frames that came before (video continuation): they slide out of the
     window like generated ones. Frame numbers count given, then history, then new frames.
 
-    ``segments``: ``(start, text_ids)`` in increasing ``start`` order, the first at 0; frame
-    ``f`` follows the last segment starting at or before it. ``window``: latent frames the model
+    ``segments``: :class:`Segment` s (``start``, ``text_ids``, optional ``negative_ids``) in
+    increasing ``start`` order, the first at 0; frame ``f`` follows the last segment starting at
+    or before it. ``window``: latent frames the model
     sees at once (given ones included), at least ``t0 + 2``. ``duration``/``fps``: the header
     timing of a ``window``-frame clip (what the model was trained with).
 
@@ -70,14 +78,17 @@ def generate_windowed(
     the given frames and history of the earlier clip are no longer seen) and the first frame of
     that clip comes with ``anchor`` = that latent (the clip to decode it in is ``anchor`` then
     the new frames). Otherwise ``anchor`` is always None and one clip runs through."""
-    starts = [s for s, _ in segments]
+    segments = [Segment(*s) for s in segments]
+    starts = [s.start for s in segments]
     if not segments or starts[0] != 0 or starts != sorted(set(starts)):
         raise LumosError("segments must start at latent frame 0 and in increasing order")
     if any(s >= num_frames for s in starts):
         raise LumosError(f"a segment starts at or after the last latent frame ({num_frames})")
-    B = len(segments[0][1])
-    if any(len(ids) != B for _, ids in segments):
+    B = len(segments[0].text_ids)
+    if any(len(s.text_ids) != B for s in segments):
         raise LumosError("every segment needs one prompt per video of the batch")
+    if any(s.negative_ids is not None and len(s.negative_ids) != B for s in segments):
+        raise LumosError("a segment's negative prompts must be one per video of the batch")
     t0 = 0 if given_frames is None else given_frames.shape[1]
     if window < t0 + 2:
         raise LumosError(f"window ({window}) must exceed the given frames ({t0}) by 2 or more")
@@ -104,9 +115,9 @@ def _windowed(
     f = t0 + len(made)
     anchor = None
     while f < num_frames:
-        seg = max(i for i, (s, _) in enumerate(segments) if s <= f)
-        seg_end = segments[seg + 1][0] if seg + 1 < len(segments) else num_frames
-        if restart is not None and seg > 0 and f == segments[seg][0]:  # a new clip
+        seg = max(i for i, s in enumerate(segments) if s.start <= f)
+        seg_end = segments[seg + 1].start if seg + 1 < len(segments) else num_frames
+        if restart is not None and seg > 0 and f == segments[seg].start:  # a new clip
             clip = [given_frames] if t0 else []
             anchor = restart(torch.cat(clip + [c[:, None] for c in made], 1)).to(device)
             given_frames, t0, made = anchor, 1, []
@@ -121,8 +132,8 @@ def _windowed(
                 callback(frame + offset, step, num_frames, steps)
 
         for k, codes, _ in generate_frames(
-            model, segments[seg][1], n_given + new, height, width, duration, fps, given, config,
-            gens, relay, compile,
+            model, segments[seg].text_ids, n_given + new, height, width, duration, fps, given,
+            config, gens, relay, compile, segments[seg].negative_ids,
         ):  # fmt: skip
             made.append(codes)
             yield f + k - n_given, codes, anchor

@@ -27,7 +27,7 @@ import torch
 from lumos import validate
 from lumos.errors import LumosError
 from lumos.generation.generate import GenerationConfig
-from lumos.generation.long_video import generate_windowed
+from lumos.generation.long_video import Segment, generate_windowed
 from lumos.generation.planner import GenerationPlan, plan_request
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
@@ -59,6 +59,9 @@ class PipelineDefaults:
     num_frames: int = 9  # RGB frames, 1 + 4k (1: text-to-image)
     num_inference_steps: int = 16  # MaskGIT steps per latent frame
     guidance_scale: float = 3.0  # classifier-free guidance
+    # weight of (prompt - negative prompt), a third guidance branch; a prompt schedule's
+    # segments are contrasted with their neighbour's prompt by default (0: off)
+    negative_guidance_scale: float = 3.0
     history_mask_ratio: float = 0.7  # fraction of a finished frame masked in the KV cache
     num_threads: int | None = None  # CPU threads the CLI uses (None: PyTorch's default)
     # Official checkpoints (lumos convert-official): seconds of video (informational: the
@@ -94,6 +97,7 @@ class PipelineDefaults:
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         history_mask_ratio: float | None = None,
+        negative_guidance_scale: float | None = None,
     ) -> dict[str, int | float]:
         """The generation settings, each one given as None taken from these defaults (the one
         place that fills them; 0 is a value, not "default"). Text-to-image (``num_frames`` 1)
@@ -105,6 +109,7 @@ class PipelineDefaults:
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             history_mask_ratio=history_mask_ratio,
+            negative_guidance_scale=negative_guidance_scale,
         )
         settings = {k: getattr(self, k) if v is None else v for k, v in given.items()}
         t2i = settings["num_frames"] == 1 and self.image_guidance_scale is not None
@@ -117,6 +122,7 @@ class PipelineDefaults:
         for name in ("fps", "height", "width", "num_frames", "num_inference_steps"):
             validate.integer(name, getattr(self, name), 1)
         validate.number("guidance_scale", self.guidance_scale)
+        validate.number("negative_guidance_scale", self.negative_guidance_scale)
         validate.number("history_mask_ratio", self.history_mask_ratio, 0, 1, hi_open=True)
         if self.num_threads is not None:
             validate.threads("num_threads", self.num_threads)
@@ -341,6 +347,8 @@ class LumosPipeline:
         window: int | None = None,
         segment_frames: int | Sequence[int] | None = None,
         video: np.ndarray | torch.Tensor | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        negative_guidance_scale: float | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
         decode: bool = True,
@@ -364,13 +372,18 @@ class LumosPipeline:
         A schedule's later segments each start a new clip, image-to-video from the last RGB
         frame before them: ``codes`` holds every clip's generated frames in order, ``frames``
         each clip decoded on its own (so ``decode(codes)`` equals ``frames`` only without a
-        schedule). ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
+        schedule). ``negative_prompt`` (one for all, or one per prompt or schedule segment)
+        adds a third guidance branch that steers away from it with weight
+        ``negative_guidance_scale`` (default pipeline.json's, 0 turns it off); a schedule
+        without one contrasts each segment with its neighbour's prompt (the previous one; the
+        first segment, the second's). ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
         compiles, at most two graphs per request shape). ``decode=False`` skips the visual
         decoder: ``frames`` is None (:meth:`decode` turns codes into frames later)."""
         request = self._request(
             prompt, num_frames, height, width, num_inference_steps, guidance_scale,
             history_mask_ratio, image, temperature, sample_temperature, top_k,
-            official_temperature, fps, window, segment_frames, video,
+            official_temperature, fps, window, segment_frames, video, negative_prompt,
+            negative_guidance_scale,
         )  # fmt: skip
         clips: list[tuple[torch.Tensor | None, list[torch.Tensor]]] = []  # (anchor, codes)
         for codes, anchor in self._codes(request, generator, callback, compile):
@@ -415,6 +428,8 @@ class LumosPipeline:
         window: int | None = None,
         segment_frames: int | Sequence[int] | None = None,
         video: np.ndarray | torch.Tensor | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        negative_guidance_scale: float | None = None,
         callback: Callable[[int, int, int, int], None] | None = None,
         compile: bool = False,
     ) -> Iterator[StreamedFrames]:
@@ -426,7 +441,8 @@ class LumosPipeline:
         request = self._request(
             prompt, num_frames, height, width, num_inference_steps, guidance_scale,
             history_mask_ratio, image, temperature, sample_temperature, top_k,
-            official_temperature, fps, window, segment_frames, video,
+            official_temperature, fps, window, segment_frames, video, negative_prompt,
+            negative_guidance_scale,
         )  # fmt: skip
         return self._stream(self._codes(request, generator, callback, compile), request)
 
@@ -491,6 +507,8 @@ class LumosPipeline:
         window: int | None = None,
         segment_frames: int | Sequence[int] | None = None,
         video: np.ndarray | torch.Tensor | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        negative_guidance_scale: float | None = None,
     ) -> dict:
         """Check a request and turn it into the arguments of ``generate_windowed``."""
         d = self.defaults
@@ -498,8 +516,9 @@ class LumosPipeline:
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise LumosError("the prompt is empty; give a sentence describing the video")
         settings = d.resolve(
-            num_frames, height, width, num_inference_steps, guidance_scale, history_mask_ratio
-        )
+            num_frames, height, width, num_inference_steps, guidance_scale, history_mask_ratio,
+            negative_guidance_scale,
+        )  # fmt: skip
         num_frames, height, width = (settings[k] for k in ("num_frames", "height", "width"))
         t, h, w = self.latent_shape(num_frames, height, width)
         if fps is not None:
@@ -514,8 +533,20 @@ class LumosPipeline:
         # The model is conditioned as it was trained: a clip of at most `window` frames.
         context = min(num_frames, window)
         fps, duration = header_timing(context, d.fps if fps is None else fps)
+        negatives = self._negative_prompts(negative_prompt, prompts, segment_frames is not None)
+        if not settings["negative_guidance_scale"]:
+            negatives = [None] * len(prompts)
+
+        def encode(texts: list[str | None]) -> list[list[int]] | None:
+            if any(t is None for t in texts):
+                return None
+            return self.encode_prompts(texts, context, height, width, fps)
+
         if segment_frames is None:
-            segments = [(0, self.encode_prompts(prompts, context, height, width, fps))]
+            segments = [
+                Segment(0, self.encode_prompts(prompts, context, height, width, fps),
+                        encode(negatives))  # fmt: skip
+            ]
             batch = len(prompts)
         else:  # a prompt schedule: the prompts are successive segments of one video
             if isinstance(segment_frames, int):  # every segment that long (+ frame 0)
@@ -546,8 +577,8 @@ class LumosPipeline:
                     f"{num_frames} frames; give more frames or fewer prompts"
                 )
             segments = [
-                (s0, self.encode_prompts([p], context, height, width, fps))
-                for s0, p in zip(starts, prompts, strict=True)
+                Segment(s0, self.encode_prompts([p], context, height, width, fps), encode([n]))
+                for s0, p, n in zip(starts, prompts, negatives, strict=True)
             ]
             batch = 1
         text_ids = segments[0][1]
@@ -567,6 +598,7 @@ class LumosPipeline:
         config = GenerationConfig(
             num_steps=settings["num_inference_steps"],
             guidance_scale=settings["guidance_scale"],
+            negative_guidance_scale=settings["negative_guidance_scale"],
             history_mask_ratio=settings["history_mask_ratio"],
             temperature=temperature,
             sample_temperature=sample_temperature,
@@ -578,6 +610,35 @@ class LumosPipeline:
             text_ids=text_ids, segments=segments, num_frames=t, height=h, width=w, window=tw,
             duration=duration, fps=fps, given_frames=given, history=history, config=config,
         )  # fmt: skip
+
+    @staticmethod
+    def _negative_prompts(
+        negative_prompt: str | Sequence[str] | None, prompts: list[str], schedule: bool
+    ) -> list[str | None]:
+        """The negative prompt of each prompt (or schedule segment), None where there is none.
+        A schedule without one contrasts each segment with its neighbour: the previous
+        segment's prompt (the first segment: the second's), so what changes at a switch is
+        what guidance stresses (docs/design.md, "Long videos")."""
+        if negative_prompt is None:
+            if not schedule or len(prompts) < 2:
+                return [None] * len(prompts)
+            neighbours = [prompts[1], *prompts[:-1]]
+            return [None if n == p else n for n, p in zip(neighbours, prompts, strict=True)]
+        negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        what = "schedule segments" if schedule else "prompts"
+        if len(negatives) != len(prompts):
+            raise LumosError(
+                f"got {len(negatives)} negative prompts for {len(prompts)} {what}; give one, "
+                "or one each"
+            )
+        if any(not isinstance(n, str) or not n.strip() for n in negatives):
+            raise LumosError(
+                "a negative prompt is empty; give what to steer away from, or none (for no "
+                "negative guidance at all: negative_guidance_scale=0)"
+            )
+        return negatives
 
     def encode_prompts(
         self,
@@ -615,18 +676,20 @@ class LumosPipeline:
         device: str | None = None,
         compile: bool = False,
         window: int | None = None,
+        negative: bool = False,
     ) -> GenerationPlan:
         """Estimated peak memory and FLOPs of a call, without allocating anything (see
         ``generation/planner.py``). ``dtype``/``device`` default to the model's: ask for
         ``device="cuda", dtype=torch.bfloat16`` to project a GPU run from here. ``window`` as in
-        ``__call__`` (default: the trained clip length)."""
+        ``__call__`` (default: the trained clip length). ``negative``: the call has negative
+        prompts (a prompt schedule has them by default) and a non-zero negative guidance."""
         s = self.defaults.resolve(num_frames, height, width, num_inference_steps, guidance_scale)
         weight = self.model.lm_head.weight
         return plan_request(
             self.model.config, self.visual_tokenizer, batch, s["num_frames"], s["height"],
             s["width"], prompt_tokens, s["num_inference_steps"], s["guidance_scale"],
             dtype or weight.dtype, device or ("cpu" if weight.is_meta else weight.device.type),
-            compile, self.defaults.num_frames if window is None else window,
+            compile, self.defaults.num_frames if window is None else window, negative,
         )  # fmt: skip
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:

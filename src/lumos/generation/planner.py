@@ -2,7 +2,7 @@
 
 :func:`plan_generation` adds up, by arithmetic from the model's config, what a call of
 ``generation/generate.py`` keeps alive at its peak: the weights, the KV cache, the activations
-of the largest forward (the prompt prefill or one frame step, both guidance branches), the
+of the largest forward (the prompt prefill or one frame step, every guidance branch), the
 sampling temporaries (one chunk of fp32 logits over the codebook) and the visual tokenizer's
 decode of the clip as the pipeline decodes it (run on the ``meta`` device by :func:`meta_peak_bytes`, which tracks
 the bytes of live tensors op by op). FLOPs per latent frame count the matmuls of every step.
@@ -90,7 +90,7 @@ def plan_generation(
     width: int,
     prompt_tokens: int,
     num_steps: int,
-    guidance: bool,
+    branches: int,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     chunk_size: int = 256,
@@ -100,7 +100,8 @@ def plan_generation(
     extra_weights: int = 0,
 ) -> GenerationPlan:
     """Plan a call generating ``num_frames`` latent frames of ``height`` x ``width`` latent tokens
-    for ``batch`` prompts of at most ``prompt_tokens`` text ids. ``device``: ``"cpu"`` or
+    for ``batch`` prompts of at most ``prompt_tokens`` text ids. ``branches``: rows per prompt
+    (1 without guidance, 2 with it, 3 with a negative prompt too). ``device``: ``"cpu"`` or
     ``"cuda"``. ``weights_mapped``: CPU weights memory-mapped from a checkpoint stored in
     ``dtype`` (only the pages read count; otherwise every weight does). ``extra_weights``: bytes
     of other resident weights (the visual tokenizer's)."""
@@ -109,7 +110,7 @@ def plan_generation(
     d, I, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
     H, KV, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     V = c.vocab.codebook_size
-    rows = batch * (2 if guidance else 1)
+    rows = batch * branches
     Tf = tokens_per_frame(height, width)
     P = prompt_tokens + 5  # BOS, SEP and the video header around the text
     total = P + num_frames * Tf + 1
@@ -240,16 +241,19 @@ def plan_request(
     device: str = "cpu",
     compile: bool = False,
     window: int | None = None,
+    negative: bool = False,
 ) -> GenerationPlan:
     """:func:`plan_generation` for a request in pixels and RGB frames (``num_frames``,
     ``height``, ``width``), the visual tokenizer's decode of the clip included. ``window``
     (RGB frames): the model's context when the clip is longer (``generation/long_video.py``);
     the cache and the forwards are those of the window; the decode is chunked where the tokenizer
-    allows it (``visual_decode_bytes``)."""
+    allows it (``visual_decode_bytes``). ``negative``: a negative prompt's guidance branch runs
+    too."""
     t, h, w = visual_tokenizer.latent_shape(num_frames, height, width)
     seen = t if window is None else min(t, visual_tokenizer.latent_shape(window, height, width)[0])
     plan = plan_generation(
-        config, batch, seen, h, w, prompt_tokens, num_steps, guidance_scale != 1.0, dtype,
+        config, batch, seen, h, w, prompt_tokens, num_steps,
+        1 + (guidance_scale != 1.0) + negative, dtype,
         device.split(":")[0], fixed_shapes=compile,
         decode_bytes=visual_decode_bytes(visual_tokenizer, batch, t, h, w),
         extra_weights=sum(p.numel() * p.element_size() for p in visual_tokenizer.parameters()),
