@@ -376,8 +376,9 @@ class LumosPipeline:
         adds a third guidance branch that steers away from it with weight
         ``negative_guidance_scale`` (default pipeline.json's, 0 turns it off); a schedule
         without one contrasts each segment with its neighbour's prompt (the previous one; the
-        first segment, the second's). ``compile`` runs the step compiled with ``torch.compile`` (fixed shapes; the first call
-        compiles, at most two graphs per request shape). ``decode=False`` skips the visual
+        first segment, the second's). ``compile`` runs the step compiled with
+        ``torch.compile`` (fixed shapes; the first call compiles, at most two graphs per
+        request shape). ``decode=False`` skips the visual
         decoder: ``frames`` is None (:meth:`decode` turns codes into frames later)."""
         request = self._request(
             prompt, num_frames, height, width, num_inference_steps, guidance_scale,
