@@ -76,3 +76,15 @@ def test_plan_of_a_long_clip_follows_the_window():
     short = pipe.plan(num_frames=9)
     assert windowed.kv_cache == short.kv_cache < whole.kv_cache
     assert windowed.decode == whole.decode > short.decode  # the whole clip is decoded
+
+
+def test_streaming_plan_adds_the_decode_to_the_live_cache():
+    """pipe() frees the cache before decoding (the larger part is the peak); a stream decodes
+    each frame while the cache lives (the sum)."""
+    from lumos.generation.pipeline import LumosPipeline
+
+    pipe = LumosPipeline.from_pretrained(weights=False)
+    plain, streamed = pipe.plan(num_frames=33), pipe.plan(num_frames=33, stream=True)
+    generation = plain.weights + plain.kv_cache + plain.activations + plain.logits
+    assert plain.total == max(generation, plain.weights + plain.decode)
+    assert streamed.total == generation + streamed.decode > plain.total

@@ -352,7 +352,7 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
     plan = pipe.plan(
         batch, size["num_frames"], size["height"], size["width"],
         sampling["num_inference_steps"], sampling["guidance_scale"], longest,
-        compile=args.compile, window=args.window, negative=negative,
+        compile=args.compile, window=args.window, negative=negative, stream=args.stream,
     )  # fmt: skip
     if args.dry_run:
         print(

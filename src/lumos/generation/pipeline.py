@@ -678,19 +678,21 @@ class LumosPipeline:
         compile: bool = False,
         window: int | None = None,
         negative: bool = False,
+        stream: bool = False,
     ) -> GenerationPlan:
         """Estimated peak memory and FLOPs of a call, without allocating anything (see
         ``generation/planner.py``). ``dtype``/``device`` default to the model's: ask for
         ``device="cuda", dtype=torch.bfloat16`` to project a GPU run from here. ``window`` as in
         ``__call__`` (default: the trained clip length). ``negative``: the call has negative
-        prompts (a prompt schedule has them by default) and a non-zero negative guidance."""
+        prompts (a prompt schedule has them by default) and a non-zero negative guidance.
+        ``stream``: for :meth:`stream`, which decodes while the cache lives."""
         s = self.defaults.resolve(num_frames, height, width, num_inference_steps, guidance_scale)
         weight = self.model.lm_head.weight
         return plan_request(
             self.model.config, self.visual_tokenizer, batch, s["num_frames"], s["height"],
             s["width"], prompt_tokens, s["num_inference_steps"], s["guidance_scale"],
             dtype or weight.dtype, device or ("cpu" if weight.is_meta else weight.device.type),
-            compile, self.defaults.num_frames if window is None else window, negative,
+            compile, self.defaults.num_frames if window is None else window, negative, stream,
         )  # fmt: skip
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:

@@ -52,11 +52,15 @@ class GenerationPlan:
     attention_kernel: str  # SDPA kernel the generation loop gets on this device
     masked_attention_scores: int  # what one masked (math-kernel) attention call would add
     notes: list[str] = field(default_factory=list)
+    streamed: bool = False  # frames decoded while generating (pipe.stream, --stream)
 
     @property
     def total(self) -> int:
-        """Peak: generation and decode do not overlap (the cache is freed before decoding)."""
+        """Peak. ``pipe()`` frees the cache before it decodes: the larger of generation and
+        decode. Streaming decodes each latent frame while the cache lives: their sum."""
         gen = self.weights + self.kv_cache + self.activations + self.logits
+        if self.streamed:
+            return gen + (self.decode or 0)
         return max(gen, self.weights + (self.decode or 0))
 
     def table(self) -> str:
@@ -215,14 +219,20 @@ def meta_peak_bytes(module: torch.nn.Module, method: str, *args: torch.Tensor) -
 
 
 def visual_decode_bytes(
-    tokenizer: torch.nn.Module, batch: int, t: int, h: int, w: int
+    tokenizer: torch.nn.Module, batch: int, t: int, h: int, w: int, stream: bool = False
 ) -> int | None:
     """Peak memory of decoding a clip's latent codes [batch, t, h, w] as the pipeline does
     (``tokenizers.visual.decode_clip``): the whole clip, or for a tokenizer that decodes it a
     chunk at a time from a cached state, one chunk plus a latent frame (the first chunk's
-    extra frame; the cached state is a few frames)."""
+    extra frame; the cached state is a few frames, and bounds a stream's calls too).
+    ``stream``: frames decoded as they are made; a tokenizer without a cached state re-decodes
+    its ``decode_context`` frames with each new one (the whole prefix when unbounded)."""
     chunk = clip_decode_chunk(tokenizer)
-    t = t if chunk is None else min(t, chunk + 1)
+    ctx = tokenizer.decode_context
+    if chunk is not None:
+        t = min(t, chunk + 1)
+    elif stream and ctx is not None:
+        t = min(t, ctx + 1)
     codes = torch.zeros(batch, t, h, w, dtype=torch.long)
     return meta_peak_bytes(tokenizer, "_decode", codes)  # _decode: no host-side range check
 
@@ -242,20 +252,22 @@ def plan_request(
     compile: bool = False,
     window: int | None = None,
     negative: bool = False,
+    stream: bool = False,
 ) -> GenerationPlan:
     """:func:`plan_generation` for a request in pixels and RGB frames (``num_frames``,
     ``height``, ``width``), the visual tokenizer's decode of the clip included. ``window``
     (RGB frames): the model's context when the clip is longer (``generation/long_video.py``);
     the cache and the forwards are those of the window; the decode is chunked where the tokenizer
     allows it (``visual_decode_bytes``). ``negative``: a negative prompt's guidance branch runs
-    too."""
+    too. ``stream``: frames are decoded as they are made (``GenerationPlan.streamed``)."""
     t, h, w = visual_tokenizer.latent_shape(num_frames, height, width)
     seen = t if window is None else min(t, visual_tokenizer.latent_shape(window, height, width)[0])
     plan = plan_generation(
         config, batch, seen, h, w, prompt_tokens, num_steps,
         1 + (guidance_scale != 1.0) + negative, dtype,
         device.split(":")[0], fixed_shapes=compile,
-        decode_bytes=visual_decode_bytes(visual_tokenizer, batch, t, h, w),
+        decode_bytes=visual_decode_bytes(visual_tokenizer, batch, t, h, w, stream),
         extra_weights=sum(p.numel() * p.element_size() for p in visual_tokenizer.parameters()),
     )  # fmt: skip
+    plan.streamed = stream
     return plan
