@@ -80,11 +80,25 @@ def test_plan_of_a_long_clip_follows_the_window():
 
 def test_streaming_plan_adds_the_decode_to_the_live_cache():
     """pipe() frees the cache before decoding (the larger part is the peak); a stream decodes
-    each frame while the cache lives (the sum)."""
-    from lumos.generation.pipeline import LumosPipeline
+    each frame while the cache lives (the sum). Checked against the bytes of live tensors
+    while the shipped model really runs (weights excluded: created before the count)."""
+    import torch
 
-    pipe = LumosPipeline.from_pretrained(weights=False)
+    from lumos.generation.pipeline import LumosPipeline
+    from lumos.generation.planner import _LiveBytes
+
+    pipe = LumosPipeline.from_pretrained()
+    kw = dict(num_frames=33, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    call, stream = _LiveBytes(), _LiveBytes()
+    with torch.no_grad(), call:
+        pipe("a red circle moves up", **kw)
+    kw["generator"] = torch.Generator().manual_seed(0)
+    with torch.no_grad(), stream:
+        for _ in pipe.stream("a red circle moves up", **kw):
+            pass
     plain, streamed = pipe.plan(num_frames=33), pipe.plan(num_frames=33, stream=True)
     generation = plain.weights + plain.kv_cache + plain.activations + plain.logits
     assert plain.total == max(generation, plain.weights + plain.decode)
     assert streamed.total == generation + streamed.decode > plain.total
+    assert stream.peak > call.peak  # the overlap is real
+    assert stream.peak <= streamed.total - streamed.weights
