@@ -129,6 +129,26 @@ def test_run_streams_and_cancel_stops_within_a_step(pipe, tmp_path):
     app._lock.release()
 
 
+def test_prompt_schedule_mode(pipe, tmp_path):
+    """The schedule's segments reach the pipeline; its frames are the pipeline's own; a
+    malformed schedule is refused by check, a bad start frame when the job starts."""
+    import torch
+
+    app = DemoApp(pipe, tmp_path)
+    text = "0:a red circle moves to the right;9:a red circle moves to the left"
+    req = app.check(text, 17, 64, 64, 2, 3.0, seed=5, mode="prompt schedule")
+    assert req.prompt == ["a red circle moves to the right", "a red circle moves to the left"]
+    assert req.kwargs["segment_frames"] == [0, 9]
+    frames = np.concatenate([e[1] for e in app.run(req) if e[0] == "frames"])
+    want = pipe(req.prompt, generator=[torch.Generator().manual_seed(5)], **req.kwargs).frames[0]
+    np.testing.assert_array_equal(frames, want)
+    with pytest.raises(LumosError, match="not FRAME:PROMPT"):
+        app.check("a red circle moves up", 17, 64, 64, 2, 3.0, mode="prompt schedule")
+    bad = app.check("0:a red circle;6:a blue square", 17, 64, 64, 2, 3.0, mode="prompt schedule")
+    with pytest.raises(LumosError, match="segments start on latent frames"):
+        list(app.run(bad))
+
+
 def test_contact_sheet():
     rng = np.random.default_rng()
     frames = [rng.integers(0, 256, (t, 40, 24, 3), dtype=np.uint8) for t in (1, 4, 4, 4, 4)]

@@ -37,7 +37,12 @@ from lumos.errors import LumosError
 if TYPE_CHECKING:
     from lumos.generation.pipeline import LumosPipeline
 
-MODES = ("text-to-video", "text-to-image", "image-to-video", "video continuation")
+MODES = ("text-to-video", "text-to-image", "image-to-video", "video continuation",
+         "prompt schedule")  # fmt: skip
+SCHEDULE_EXAMPLE = (
+    "0:a red circle moves to the right;9:a red circle moves to the left;"
+    "17:a red circle moves to the right"
+)
 EXAMPLE_PROMPTS = [  # prompts the shipped model follows (see its model card)
     "a red circle moves to the left",
     "a blue square moves up",
@@ -69,7 +74,7 @@ class Limits:
 class Request:
     """A checked request: ``kwargs`` go to the pipeline as they are."""
 
-    prompt: str
+    prompt: str | list[str]  # a prompt schedule: one per segment
     seed: int
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -127,7 +132,9 @@ class DemoApp:
         None or negative draws a random one; ``upload`` (a file path) is the first frame of an
         image-to-video request, or the clip a video continuation continues: its first
         ``max_frames`` frames (the limit) are read, the pipeline keeps their end, and
-        ``num_frames`` counts that end and the new frames, as in the pipeline."""
+        ``num_frames`` counts that end and the new frames, as in the pipeline. A prompt
+        schedule's prompt is ``FRAME:PROMPT;FRAME:PROMPT...`` (``parse_prompt_schedule``; the
+        pipeline checks its frames when the job starts)."""
         lim = self.limits
         validate.choice("mode", mode, MODES)
         if not isinstance(prompt, str) or not prompt.strip():
@@ -167,6 +174,12 @@ class DemoApp:
             kwargs["image"] = self.read_upload(upload, width, height)[0]
         elif mode == "video continuation":
             kwargs["video"] = self.read_upload(upload, width, height, lim.max_frames)
+        elif mode == "prompt schedule":
+            from lumos.generation.pipeline import parse_prompt_schedule
+
+            schedule = parse_prompt_schedule(prompt)
+            kwargs["segment_frames"] = [frame for frame, _ in schedule]
+            return Request([p for _, p in schedule], seed, kwargs)
         return Request(prompt.strip(), seed, kwargs)
 
     def read_upload(
@@ -354,7 +367,9 @@ def build(app: DemoApp, queue_size: int = 8):
                 mode = gr.Radio(
                     list(MODES), value=MODES[0], label="Task",
                     info=f"video continuation continues the clip (its first {lim.max_frames} "
-                    "frames at most); Frames counts the kept end of the clip plus the new frames",
+                    "frames at most); Frames counts the kept end of the clip plus the new "
+                    "frames. A prompt schedule's prompt is FRAME:PROMPT;FRAME:PROMPT (start "
+                    f'frames 0, then 1 + 4k), e.g. "{SCHEDULE_EXAMPLE}" with 25 frames',
                 )  # fmt: skip
                 prompt = gr.Textbox(
                     label="Prompt", lines=2, max_length=lim.max_prompt_chars,

@@ -347,7 +347,9 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
     )
     longest = max(len(ids) for ids in text_ids)
     scale = d.resolve(negative_guidance_scale=args.negative_guidance)["negative_guidance_scale"]
-    segments = len(parse_schedule(args.prompt_schedule)) if args.prompt_schedule else 1
+    from lumos.generation.pipeline import parse_prompt_schedule
+
+    segments = len(parse_prompt_schedule(args.prompt_schedule)) if args.prompt_schedule else 1
     negative = bool(scale) and (args.negative_prompt is not None or segments > 1)
     plan = pipe.plan(
         batch, size["num_frames"], size["height"], size["width"],
@@ -367,20 +369,6 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
             f"the request needs about {plan.total / GiB:.2f} GiB (more than --max-memory "
             f"{args.max_memory:g}); lower --batch-size, --frames or --height/--width"
         )
-
-
-def parse_schedule(text: str) -> list[tuple[int, str]]:
-    """``"0:a red circle moves left;16:a red circle moves up"`` -> [(0, ...), (16, ...)]."""
-    schedule = []
-    for part in text.split(";"):
-        frame, sep, prompt = part.partition(":")
-        if not sep or not frame.strip().isdigit() or not prompt.strip():
-            raise LumosError(
-                f"--prompt-schedule part {part.strip()!r} is not FRAME:PROMPT "
-                '(e.g. "0:a red circle moves left;16:a red circle moves up")'
-            )
-        schedule.append((int(frame), prompt.strip()))
-    return schedule
 
 
 def stream_to_pngs(pipe, request: dict, paths: list[Path], bar) -> tuple[list, int]:
@@ -425,9 +413,9 @@ def load_image(path: Path, width: int, height: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumos.generation.pipeline import save_frames
+    from lumos.generation.pipeline import parse_prompt_schedule, save_frames
 
-    schedule = parse_schedule(args.prompt_schedule) if args.prompt_schedule else None
+    schedule = parse_prompt_schedule(args.prompt_schedule) if args.prompt_schedule else None
     if schedule is not None:
         if args.prompts or args.prompts_file:
             raise LumosError("--prompt-schedule gives the prompts; give no other prompt")

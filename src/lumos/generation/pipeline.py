@@ -139,6 +139,23 @@ class PipelineDefaults:
                 validate.integer("resolution bucket side", side, 8, 8192)
 
 
+def parse_prompt_schedule(text: str) -> list[tuple[int, str]]:
+    """A prompt schedule written as text (``lumos generate --prompt-schedule``, the demo):
+    ``"0:a red circle moves left;17:a red circle moves up"`` -> ``[(0, ...), (17, ...)]``, RGB
+    start frame and prompt of each segment (``__call__``'s ``segment_frames`` and ``prompt``,
+    which check the frames)."""
+    schedule = []
+    for part in text.split(";"):
+        frame, sep, prompt = part.partition(":")
+        if not sep or not frame.strip().isdigit() or not prompt.strip():
+            raise LumosError(
+                f"prompt schedule part {part.strip()!r} is not FRAME:PROMPT "
+                '(e.g. "0:a red circle moves left;17:a red circle moves up")'
+            )
+        schedule.append((int(frame), prompt.strip()))
+    return schedule
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
