@@ -419,3 +419,12 @@ def test_browser_cancel_frees_the_queue(browser):
     print(f"cancel: first latent frame after {first:.1f} s; next request done in {after:.1f} s")
     # Had the cancelled run gone on, the next one would wait for its 8 other latent frames.
     assert after < 4 * first + 5
+
+
+def test_browser_prompt_schedule(browser):
+    label = "label[data-testid='prompt schedule-radio-label']"
+    browser.find_element("css selector", label).click()
+    generate(browser, "0:a red circle moves to the right;9:a red circle moves to the left",
+             frames=17, steps=4)  # fmt: skip
+    wait_for(browser, lambda: status(browser).startswith("Done"), 60)
+    assert "17 frames of 64x64 px" in status(browser) and video_src(browser)
