@@ -129,9 +129,10 @@ def test_run_streams_and_cancel_stops_within_a_step(pipe, tmp_path):
     app._lock.release()
 
 
-def test_prompt_schedule_mode(pipe, tmp_path):
-    """The schedule's segments reach the pipeline; its frames are the pipeline's own; a
-    malformed schedule is refused by check, a bad start frame when the job starts."""
+def test_prompt_schedule_and_negative_prompt(pipe, tmp_path):
+    """The schedule's segments and a negative prompt reach the pipeline; the frames are the
+    pipeline's own; a malformed schedule is refused by check, a bad start frame when the job
+    starts."""
     import torch
 
     app = DemoApp(pipe, tmp_path)
@@ -142,6 +143,17 @@ def test_prompt_schedule_mode(pipe, tmp_path):
     frames = np.concatenate([e[1] for e in app.run(req) if e[0] == "frames"])
     want = pipe(req.prompt, generator=[torch.Generator().manual_seed(5)], **req.kwargs).frames[0]
     np.testing.assert_array_equal(frames, want)
+    steered = app.check("a red circle moves up", 9, 64, 64, 2, 3.0, seed=5,
+                        negative_prompt=" a red circle moves down ")  # fmt: skip
+    assert steered.kwargs["negative_prompt"] == "a red circle moves down"
+    assert "negative_prompt" not in app.check("a red circle", 9, 64, 64, 2, 3.0,
+                                              negative_prompt="  ").kwargs  # fmt: skip
+    frames = np.concatenate([e[1] for e in app.run(steered) if e[0] == "frames"])
+    want = pipe(steered.prompt, generator=[torch.Generator().manual_seed(5)],
+                **steered.kwargs).frames[0]  # fmt: skip
+    np.testing.assert_array_equal(frames, want)
+    with pytest.raises(LumosError, match="negative prompt has 501 characters"):
+        app.check("a red circle", 9, 64, 64, 2, 3.0, negative_prompt="x" * 501)
     with pytest.raises(LumosError, match="not FRAME:PROMPT"):
         app.check("a red circle moves up", 17, 64, 64, 2, 3.0, mode="prompt schedule")
     bad = app.check("0:a red circle;6:a blue square", 17, 64, 64, 2, 3.0, mode="prompt schedule")

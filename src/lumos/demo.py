@@ -127,6 +127,7 @@ class DemoApp:
         seed: Any = None,
         upload: str | None = None,
         mode: str = "text-to-video",
+        negative_prompt: Any = None,
     ) -> Request:
         """A :class:`Request`, or LumosError saying what is wrong and what is allowed. ``seed``
         None or negative draws a random one; ``upload`` (a file path) is the first frame of an
@@ -134,7 +135,8 @@ class DemoApp:
         ``max_frames`` frames (the limit) are read, the pipeline keeps their end, and
         ``num_frames`` counts that end and the new frames, as in the pipeline. A prompt
         schedule's prompt is ``FRAME:PROMPT;FRAME:PROMPT...`` (``parse_prompt_schedule``; the
-        pipeline checks its frames when the job starts)."""
+        pipeline checks its frames when the job starts). ``negative_prompt``: what to steer
+        away from (blank: none; a schedule then contrasts its segments with each other)."""
         lim = self.limits
         validate.choice("mode", mode, MODES)
         if not isinstance(prompt, str) or not prompt.strip():
@@ -144,6 +146,14 @@ class DemoApp:
             raise LumosError(
                 f"the prompt has {len(prompt)} characters; at most {lim.max_prompt_chars} "
                 "are allowed"
+            )
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise LumosError("the negative prompt must be text")
+        negative_prompt = (negative_prompt or "").strip() or None
+        if negative_prompt is not None and len(negative_prompt) > lim.max_prompt_chars:
+            raise LumosError(
+                f"the negative prompt has {len(negative_prompt)} characters; at most "
+                f"{lim.max_prompt_chars} are allowed"
             )
         num_frames = 1 if mode == "text-to-image" else num_frames
         num_frames = _whole("frames", num_frames, 1, lim.max_frames)
@@ -164,6 +174,8 @@ class DemoApp:
             num_frames=num_frames, height=height, width=width, num_inference_steps=steps,
             guidance_scale=guidance, history_mask_ratio=history_mask_ratio,
         )  # fmt: skip
+        if negative_prompt is not None:
+            kwargs["negative_prompt"] = negative_prompt
         if mode in ("image-to-video", "video continuation"):
             if num_frames == 1:
                 raise LumosError(f"{mode} needs more than 1 frame (e.g. 9)")
@@ -291,12 +303,12 @@ def build(app: DemoApp, queue_size: int = 8):
     def refuse(err: Exception) -> gr.Error:
         return gr.Error(" ".join(str(err).split()), print_exception=False)
 
-    def generate_ui(mode, prompt, frames, height, width, steps, guidance, hmr, seed,
+    def generate_ui(mode, prompt, negative, frames, height, width, steps, guidance, hmr, seed,
                     random_seed, upload, request: gr.Request):  # fmt: skip
         session = request.session_hash if request is not None else ""
         try:
             req = app.check(prompt, frames, height, width, steps, guidance, hmr,
-                            None if random_seed else seed, upload, mode)  # fmt: skip
+                            None if random_seed else seed, upload, mode, negative)  # fmt: skip
         except LumosError as err:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Refused:** {err}"
             raise refuse(err) from None
@@ -376,6 +388,11 @@ def build(app: DemoApp, queue_size: int = 8):
                     placeholder=EXAMPLE_PROMPTS[0], elem_id="prompt",
                 )  # fmt: skip
                 gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt])
+                negative = gr.Textbox(
+                    label="Negative prompt (optional): what to steer away from, a third "
+                    "guidance branch (1.5x the compute)", max_length=lim.max_prompt_chars,
+                    elem_id="negative",
+                )  # fmt: skip
                 upload = gr.File(
                     label="Start image (image-to-video) or clip (video continuation), at most "
                     f"{lim.max_upload_mb} MB",
@@ -410,7 +427,8 @@ def build(app: DemoApp, queue_size: int = 8):
                 download = gr.File(label="Download (GIF, or PNG for an image)", interactive=False)
         event = run_btn.click(
             generate_ui,
-            [mode, prompt, frames, height, width, steps, guidance, hmr, seed, random_seed, upload],
+            [mode, prompt, negative, frames, height, width, steps, guidance, hmr, seed,
+             random_seed, upload],  # fmt: skip
             [live, video, download, seed, status],
             api_visibility="private", concurrency_id="model", concurrency_limit=1,
         )  # fmt: skip
