@@ -323,7 +323,9 @@ def load_pipeline(args: argparse.Namespace):
     return pipe
 
 
-def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
+def check_memory(
+    args: argparse.Namespace, prompts: list[str], schedule: list[tuple[int, str]] | None
+) -> None:
     """``--dry-run``: print the plan of the request; ``--max-memory``: refuse a request that
     will not fit, naming what to lower. Only configs and the visual tokenizer are loaded."""
     from lumos.generation.pipeline import LumosPipeline
@@ -347,10 +349,9 @@ def check_memory(args: argparse.Namespace, prompts: list[str]) -> None:
     )
     longest = max(len(ids) for ids in text_ids)
     scale = d.resolve(negative_guidance_scale=args.negative_guidance)["negative_guidance_scale"]
-    from lumos.generation.pipeline import parse_prompt_schedule
-
-    segments = len(parse_prompt_schedule(args.prompt_schedule)) if args.prompt_schedule else 1
-    negative = bool(scale) and (args.negative_prompt is not None or segments > 1)
+    texts = [p for _, p in schedule] if schedule else prompts
+    negatives = pipe.negative_prompts(args.negative_prompt, texts, schedule is not None)
+    negative = bool(scale) and any(n is not None for n in negatives)
     plan = pipe.plan(
         batch, size["num_frames"], size["height"], size["width"],
         sampling["num_inference_steps"], sampling["guidance_scale"], longest,
@@ -440,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
             "turns negative guidance off)"
         )
     if args.dry_run or args.max_memory is not None:
-        check_memory(args, prompts)
+        check_memory(args, prompts, schedule)
         if args.dry_run:
             return 0
     paths = output_paths(args, prompts, fmt)

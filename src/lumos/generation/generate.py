@@ -5,9 +5,8 @@ Latent frames are produced one after another. Inside a frame every token starts 
 :class:`~lumos.generation.scheduler.MaskGITScheduler` reveals them over ``num_steps`` steps. The
 prompt and finished frames live in a preallocated KV cache; each step re-runs only the current
 frame, the conditional and the unconditional branch (and a negative prompt's branch, when one
-is given) together in one batched forward. A finished
-frame is written into the cache with the evenly spaced history mask; the returned codes stay
-unmasked.
+is given) together in one batched forward. A finished frame is written into the cache with the
+evenly spaced history mask; the returned codes stay unmasked.
 
 GPU-shaped by design: no attention call carries a mask (left-padded rows are grouped by their
 padding, ``model/kv_cache.py``), random numbers are drawn on the model's device, and a step does

@@ -69,9 +69,9 @@ def generate_windowed(
 
     ``segments``: :class:`Segment` s (``start``, ``text_ids``, optional ``negative_ids``) in
     increasing ``start`` order, the first at 0; frame ``f`` follows the last segment starting at
-    or before it. ``window``: latent frames the model
-    sees at once (given ones included), at least ``t0 + 2``. ``duration``/``fps``: the header
-    timing of a ``window``-frame clip (what the model was trained with).
+    or before it. ``window``: latent frames the model sees at once (given ones included), at
+    least ``t0 + 2``. ``duration``/``fps``: the header timing of a ``window``-frame clip (what
+    the model was trained with).
 
     ``restart`` maps the codes of the clip so far [B, t, h, w] to the image latent [B, 1, h, w]
     of its last RGB frame; given, each later segment starts a new clip from it (image-to-video;

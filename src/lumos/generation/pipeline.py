@@ -551,7 +551,7 @@ class LumosPipeline:
         # The model is conditioned as it was trained: a clip of at most `window` frames.
         context = min(num_frames, window)
         fps, duration = header_timing(context, d.fps if fps is None else fps)
-        negatives = self._negative_prompts(negative_prompt, prompts, segment_frames is not None)
+        negatives = self.negative_prompts(negative_prompt, prompts, segment_frames is not None)
         if not settings["negative_guidance_scale"]:
             negatives = [None] * len(prompts)
 
@@ -630,7 +630,7 @@ class LumosPipeline:
         )  # fmt: skip
 
     @staticmethod
-    def _negative_prompts(
+    def negative_prompts(
         negative_prompt: str | Sequence[str] | None, prompts: list[str], schedule: bool
     ) -> list[str | None]:
         """The negative prompt of each prompt (or schedule segment), None where there is none.

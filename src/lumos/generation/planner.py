@@ -27,6 +27,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from lumos.generation.generate import GenerationConfig, guidance_branches
 from lumos.generation.scheduler import CDF_BLOCK, unmask_schedule
 from lumos.model.config import LumosConfig
 from lumos.sequence.layout import tokens_per_frame
@@ -102,13 +103,15 @@ def plan_generation(
     weights_mapped: bool = False,
     decode_bytes: int | None = None,
     extra_weights: int = 0,
+    streamed: bool = False,
 ) -> GenerationPlan:
     """Plan a call generating ``num_frames`` latent frames of ``height`` x ``width`` latent tokens
     for ``batch`` prompts of at most ``prompt_tokens`` text ids. ``branches``: rows per prompt
     (1 without guidance, 2 with it, 3 with a negative prompt too). ``device``: ``"cpu"`` or
     ``"cuda"``. ``weights_mapped``: CPU weights memory-mapped from a checkpoint stored in
     ``dtype`` (only the pages read count; otherwise every weight does). ``extra_weights``: bytes
-    of other resident weights (the visual tokenizer's)."""
+    of other resident weights (the visual tokenizer's). ``streamed``: see
+    :attr:`GenerationPlan.streamed`."""
     c = config
     eb = dtype_bytes(dtype)
     d, I, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
@@ -172,6 +175,7 @@ def plan_generation(
         attention_kernel=kernel,
         masked_attention_scores=int(masked_scores),
         notes=notes,
+        streamed=streamed,
     )
 
 
@@ -262,12 +266,11 @@ def plan_request(
     too. ``stream``: frames are decoded as they are made (``GenerationPlan.streamed``)."""
     t, h, w = visual_tokenizer.latent_shape(num_frames, height, width)
     seen = t if window is None else min(t, visual_tokenizer.latent_shape(window, height, width)[0])
-    plan = plan_generation(
-        config, batch, seen, h, w, prompt_tokens, num_steps,
-        1 + (guidance_scale != 1.0) + negative, dtype,
+    branches = guidance_branches(GenerationConfig(guidance_scale=guidance_scale), negative)
+    return plan_generation(
+        config, batch, seen, h, w, prompt_tokens, num_steps, len(branches), dtype,
         device.split(":")[0], fixed_shapes=compile,
         decode_bytes=visual_decode_bytes(visual_tokenizer, batch, t, h, w, stream),
         extra_weights=sum(p.numel() * p.element_size() for p in visual_tokenizer.parameters()),
+        streamed=stream,
     )  # fmt: skip
-    plan.streamed = stream
-    return plan
