@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lumos.errors import LumosError
 from lumos.model.attention import SplitFrameAttention, plan_runs
 from lumos.model.config import LumosConfig
 from lumos.model.transformer import LumosModel
@@ -256,7 +257,6 @@ def test_visual_cross_entropy_under_bf16_autocast():
 def test_masking_config_names_every_schedule_and_rejects_unknown_values():
     from typing import get_args
 
-    from lumos import LumosError
     from lumos.sequence.masking import SCHEDULES
     from lumos.training.config import MaskSchedule
 
@@ -264,3 +264,33 @@ def test_masking_config_names_every_schedule_and_rejects_unknown_values():
     for bad in ({"type": "stripes"}, {"schedule": "cubic"}, {"min_rate": 1.5}):
         with pytest.raises(LumosError, match="masking"):
             MaskingConfig(**bad)
+
+
+def test_history_noise_replaces_only_visible_history_tokens():
+    """``history_noise``: the same masks and loss as without it (the noise is drawn after them);
+    only visible visual tokens of frames before a sample's last are replaced, by visual ids;
+    images, text, masked positions and the last frame are untouched."""
+    seqs = make_sequences(6, frames=3, h=4, w=5, text_lens=[3, 8, 5, 2, 6, 4])
+    seqs += make_sequences(2, frames=1, h=4, w=5, text_lens=[4, 7])  # images: no history
+    seed = torch.randint(0, 2**30, ()).item()
+    clean = collate(seqs, VOCAB, MaskingConfig(text_drop=0.0), torch.Generator().manual_seed(seed))
+    noisy = collate(
+        seqs, VOCAB, MaskingConfig(text_drop=0.0, history_noise=1.0),
+        torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    assert torch.equal(clean.targets, noisy.targets)
+    assert torch.equal(clean.loss_mask, noisy.loss_mask)
+    assert torch.equal(clean.input_ids == VOCAB.mask, noisy.input_ids == VOCAB.mask)
+    s = token_structure(clean.targets, VOCAB, clean.attention_mask.bool())
+    last = s.frame.max(1).values[:, None]
+    history = VOCAB.is_visual(clean.targets) & (clean.input_ids != VOCAB.mask)
+    history &= (s.frame >= 0) & (s.frame < last)
+    changed = noisy.input_ids != clean.input_ids
+    assert (changed <= history).all()
+    assert VOCAB.is_visual(noisy.input_ids[changed]).all()
+    assert not changed[6:].any()  # images
+    # Rates are drawn per sample in [0, 1): some visible history changes, not all of it.
+    frac = changed.sum() / history.sum()
+    assert 0.1 < frac < 0.9, frac
+    with pytest.raises(LumosError, match="history_noise"):
+        MaskingConfig(history_noise=1.5)

@@ -343,6 +343,31 @@ def write_shards(root: Path, vocab: Vocabulary, sizes: list[int], seed: int) -> 
     (root / fmt.INDEX_NAME).write_text(json.dumps(index_data))
 
 
+def test_history_noise_changes_training_not_validation(tmp_path):
+    """``masking.history_noise`` corrupts the history of training videos only: validation sees
+    a clean history, so its losses are those of the same model without the noise."""
+    vocab = dataclasses.replace(Vocabulary.official(), codebook_size=256)
+    write_shards(tmp_path / "train", vocab, [20, 16], seed=0)
+    write_shards(tmp_path / "val", vocab, [12], seed=1)
+    args = [
+        "data.source=shards",
+        f"data.shards=[{tmp_path / 'train'}]",
+        f"data.validation_shards=[{tmp_path / 'val'}]",
+        "data.validation_batches=2",
+        "model.vocabulary=data",
+        "steps=1",
+    ]
+    runs = {}
+    for noise in (0.0, 0.5):
+        cfg = tiny_config(tmp_path / str(noise), *args, f"masking.history_noise={noise}")
+        trainer = Trainer(cfg, resume=False)
+        runs[noise] = trainer.validate(), trainer.fit()[0]
+    (val_clean, first_clean), (val_noisy, first_noisy) = runs[0.0], runs[0.5]
+    assert val_clean == val_noisy and val_clean["val/video/loss"] > 0
+    assert first_clean["kind"] == first_noisy["kind"] == "video"
+    assert first_clean["loss"] != first_noisy["loss"]
+
+
 def test_training_on_token_shards_resumes_exactly(tmp_path):
     vocab = dataclasses.replace(Vocabulary.official(), codebook_size=256)
     write_shards(tmp_path / "train", vocab, [20, 16], seed=0)

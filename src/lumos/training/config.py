@@ -120,12 +120,16 @@ class MaskingConfig:
     schedule: MaskSchedule = "cosine"  # masking ratio of a uniform draw u
     min_rate: float = 0.7  # lower bound of the masking ratio
     text_drop: float = 0.1  # probability of dropping the text (classifier-free guidance)
+    # Anti-drift: each sample draws r ~ U[0, history_noise) and replaces that fraction of the
+    # visible visual tokens of every frame but its last with random visual tokens (0: off)
+    history_noise: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("masking.type", self.type, MaskingType)
         _choice("masking.schedule", self.schedule, MaskSchedule)
         validate.number("masking.min_rate", self.min_rate, 0, 1)
         validate.number("masking.text_drop", self.text_drop, 0, 1)
+        validate.number("masking.history_noise", self.history_noise, 0, 1)
 
 
 @dataclass

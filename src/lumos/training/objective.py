@@ -10,6 +10,11 @@ and corrupts visual content (visual ids and the NEWLINE column) with MASK:
   frame (positions independent across frames);
 * ``diffusion_forcing``: an independent ratio and set per latent frame.
 
+With ``history_noise`` > 0, some of the tokens left visible in the frames that later frames
+see as history (every frame of a sample but its last) are replaced by random visual tokens, so
+the model learns to predict a frame from a history with errors in it, as its own generated
+history has (long videos drift less; docs/design.md, "AR-DF"). They are inputs, not scored.
+
 The loss is cross-entropy over the visual slice of the vocabulary at masked positions whose
 target is a visual token (a masked NEWLINE is corrupted but not scored), averaged over all such
 positions. Logits are only formed for those positions, chunk by chunk, by
@@ -100,6 +105,24 @@ def sample_masks(
     return s.content & chosen.reshape(B, -1).gather(1, flat)
 
 
+def noise_history(
+    inputs: torch.Tensor,
+    s: TokenStructure,
+    vocab: Vocabulary,
+    max_rate: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``inputs`` [B, L] with a fraction ``r ~ U[0, max_rate)`` (one per sample) of the visible
+    visual tokens of every frame before the sample's last replaced by random visual tokens."""
+    B, L = inputs.shape
+    last = s.frame.max(1).values[:, None]
+    history = vocab.is_visual(inputs) & (s.frame >= 0) & (s.frame < last)
+    rate = torch.rand(B, 1, generator=generator) * max_rate
+    flip = history & (torch.rand(B, L, generator=generator) < rate)
+    lo, hi = vocab.visual_range
+    return torch.where(flip, torch.randint(lo, hi, (B, L), generator=generator), inputs)
+
+
 def collate(
     sequences: Sequence[torch.Tensor],
     vocab: Vocabulary,
@@ -108,8 +131,9 @@ def collate(
 ) -> Batch:
     """Text drop, right padding with ``vocab.pad`` and corruption of a list of 1-D sequences.
 
-    Random draws, in order: text-drop coins [B], ratios, position scores (all from ``generator``,
-    on the CPU).
+    Random draws, in order: text-drop coins [B], ratios, position scores, then with
+    ``history_noise`` the noise rates [B], coins [B, L] and random ids [B, L] (all from
+    ``generator``, on the CPU).
     """
     if not sequences:
         raise LumosError("cannot collate an empty batch")
@@ -120,8 +144,11 @@ def collate(
     valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
     s = token_structure(ids, vocab, valid)
     masked = sample_masks(s, masking, generator)
+    inputs = torch.where(masked, vocab.mask, ids)
+    if masking.history_noise > 0:
+        inputs = noise_history(inputs, s, vocab, masking.history_noise, generator)
     return Batch(
-        input_ids=torch.where(masked, vocab.mask, ids),
+        input_ids=inputs,
         attention_mask=valid.long(),
         targets=ids,
         loss_mask=masked & vocab.is_visual(ids),

@@ -28,7 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -515,8 +515,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Mean loss and loss per latent frame on fixed validation batches, per kind."""
+        """Mean loss and loss per latent frame on fixed validation batches, per kind, with a
+        clean history (no ``masking.history_noise``): the same batches whatever the noise."""
         cfg, ctx = self.cfg, self.ctx
+        masking = replace(cfg.masking, history_noise=0.0)
         self.module.eval()
         result = {}
         for kind, source in self.validation_sources().items():  # fresh: the same batches
@@ -527,9 +529,7 @@ class Trainer:
             for c in range(math.ceil(cfg.data.validation_batches / ctx.world_size)):
                 index = c * ctx.world_size + ctx.rank
                 seed = sample_seed(cfg.seed, 1, KINDS.index(kind), index)
-                batch = collate(
-                    next(source), self.vocab, cfg.masking, torch.Generator().manual_seed(seed)
-                )
+                batch = collate(next(source), self.vocab, masking, torch.Generator().manual_seed(seed))
                 out = self.forward(batch)
                 if index < cfg.data.validation_batches:
                     stats += StepStats.of(out, batch)
