@@ -9,8 +9,8 @@
 # then trained on to 22,000 steps, which moves its codes, so the transformer was fine-tuned on
 # re-tokenised data, and last on 60,000 fresh clips. Within a run, each phase resumes the
 # previous one with the cosine schedule stretched, so the learning rate restarts where the
-# longer schedule would be; the two fine-tuning runs start from the previous weights with a
-# schedule of their own (configs/default-model-v2.yaml, configs/default-model-v3.yaml).
+# longer schedule would be; the three fine-tuning runs start from the previous weights with a
+# schedule of their own (configs/default-model-v2.yaml, -v3.yaml, -v4.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=src/lumos/assets/default
@@ -69,4 +69,13 @@ cat > "$OUT/pipeline.json" <<JSON
  "guidance_scale": 3.0, "history_mask_ratio": 0.7, "num_threads": 1,
  "prompt_domain": "procedural-world"}
 JSON
+lumos eval --n 100 --out eval/default-v6
+
+# 8. The seventh version: 1,000 steps with history noise (configs/default-model-v4.yaml) from
+#    the sixth version as stored above, on 12,000 train-split clips.
+tok --visual-tokenizer "$OUT/visual_tokenizer" --world train --count 12000 --seed 0 --out data/world-train-v4
+torchrun --nproc-per-node 2 -m lumos.cli.main train --config configs/default-model-v4.yaml
+python -c "import torch; from lumos import LumosModel
+LumosModel.from_pretrained('runs/default-model-v4/model').save_pretrained(
+    '$OUT/transformer', dtype=torch.float16)"
 lumos eval --n 100 --out eval/default
