@@ -343,20 +343,24 @@ def write_shards(root: Path, vocab: Vocabulary, sizes: list[int], seed: int) -> 
     (root / fmt.INDEX_NAME).write_text(json.dumps(index_data))
 
 
-def test_history_noise_changes_training_not_validation(tmp_path):
-    """``masking.history_noise`` corrupts the history of training videos only: validation sees
-    a clean history, so its losses are those of the same model without the noise."""
-    vocab = dataclasses.replace(Vocabulary.official(), codebook_size=256)
+def shard_run(tmp_path, vocab) -> list[str]:
+    """Training and validation token shards under ``tmp_path``; the overrides that use them."""
     write_shards(tmp_path / "train", vocab, [20, 16], seed=0)
     write_shards(tmp_path / "val", vocab, [12], seed=1)
-    args = [
+    return [
         "data.source=shards",
         f"data.shards=[{tmp_path / 'train'}]",
         f"data.validation_shards=[{tmp_path / 'val'}]",
         "data.validation_batches=2",
         "model.vocabulary=data",
-        "steps=1",
     ]
+
+
+def test_history_noise_changes_training_not_validation(tmp_path):
+    """``masking.history_noise`` corrupts the history of training videos only: validation sees
+    a clean history, so its losses are those of the same model without the noise."""
+    vocab = dataclasses.replace(Vocabulary.official(), codebook_size=256)
+    args = [*shard_run(tmp_path, vocab), "steps=1"]
     runs = {}
     for noise in (0.0, 0.5):
         cfg = tiny_config(tmp_path / str(noise), *args, f"masking.history_noise={noise}")
@@ -370,17 +374,8 @@ def test_history_noise_changes_training_not_validation(tmp_path):
 
 def test_training_on_token_shards_resumes_exactly(tmp_path):
     vocab = dataclasses.replace(Vocabulary.official(), codebook_size=256)
-    write_shards(tmp_path / "train", vocab, [20, 16], seed=0)
-    write_shards(tmp_path / "val", vocab, [12], seed=1)
     (tmp_path / "vocab.json").write_text(json.dumps(vocab.to_dict()))
-    args = [
-        "data.source=shards",
-        f"data.shards=[{tmp_path / 'train'}]",
-        f"data.validation_shards=[{tmp_path / 'val'}]",
-        "data.validation_batches=2",
-        "model.vocabulary=data",
-        "validate_every=2",
-    ]
+    args = [*shard_run(tmp_path, vocab), "validate_every=2"]
     ref = Trainer(tiny_config(tmp_path / "ref", *args, "steps=4"), resume=False).fit()
     assert {r["kind"] for r in ref} == {"image", "video"}
     Trainer(
