@@ -1,5 +1,5 @@
-"""Long videos from the shipped model, judged where the procedural world defines the answer
-(issue 14): persistence, motion through prompt schedules, and continuation.
+"""Long videos from a pipeline (default: the shipped model), judged where the procedural world
+defines the answer (issue 14): persistence, motion through prompt schedules, and continuation.
 
 * ``persistence``: held-in text-to-video prompts whose object stands still, 33-frame clips cut
   into the four 9-frame windows that share their boundary frames (0-8, 8-16, 16-24, 24-32), each
@@ -89,12 +89,13 @@ def continuation(pipe, n: int) -> dict:
     for i in range(n):
         seed = BASE + 20_000 + i
         scene = sample_scene(seed, "heldout", num_objects=1)
-        want = parse_caption(caption(scene, seed))
+        prompt = caption(scene, seed)
+        want = parse_caption(prompt)
         for name, clip in (
             ("world_clip", render(scene, 64, 64, 25)[:9]),
             ("trained_pace_clip", render(scene, 64, 64, 9)),
         ):
-            out = pipe(caption(scene, seed), num_frames=21, video=clip,
+            out = pipe(prompt, num_frames=21, video=clip,
                        generator=torch.Generator().manual_seed(seed)).frames[0]  # fmt: skip
             s = score(analyse(out[5:]), want)  # the history is the clip's last 5 frames
             kept[name] += s["color"] and s["shape"]

@@ -116,7 +116,7 @@ def noise_history(
     visual tokens of every frame before the sample's last replaced by random visual tokens."""
     B, L = inputs.shape
     last = s.frame.max(1).values[:, None]
-    history = vocab.is_visual(inputs) & (s.frame >= 0) & (s.frame < last)
+    history = vocab.is_visual(inputs) & (s.frame < last)  # visual ids lie inside frames
     rate = torch.rand(B, 1, generator=generator) * max_rate
     flip = history & (torch.rand(B, L, generator=generator) < rate)
     lo, hi = vocab.visual_range
