@@ -125,6 +125,36 @@ def test_run_guards(tmp_path):
         train_tokenizer(tmp_path, settings(steps=4), resume=True, progress=False)
 
 
+def test_decoder_only_fine_tuning_keeps_every_code(tmp_path, capsys):
+    torch.manual_seed(0)
+    train_tokenizer(tmp_path / "base", settings(steps=2), TINY, progress=False)
+    base = CausalVideoTokenizer.from_pretrained(tmp_path / "base").eval()
+    tuned = train_tokenizer(
+        tmp_path / "tuned",
+        settings(steps=4, lr=1e-2, frames=[5, 13], image_fraction=0.0,
+                 init_from=str(tmp_path / "base"), decoder_only=True),
+        progress=False,
+    )  # fmt: skip
+    log = (tmp_path / "tuned" / "train_log.jsonl").read_text().splitlines()
+    assert {json.loads(line)["frames"] for line in log} == {5, 13}  # both lengths drawn
+    tuned = CausalVideoTokenizer.from_pretrained(tmp_path / "tuned").eval()
+    for name, w in base.state_dict().items():
+        same = torch.equal(w, tuned.state_dict()[name])
+        assert same == name.startswith("encoder."), name  # only the decoder side learned
+    clip = torch.rand(2, 3, 9, 16, 24) * 2 - 1
+    assert torch.equal(base.encode(clip), tuned.encode(clip))
+    assert not torch.equal(base.decode(base.encode(clip)), tuned.decode(tuned.encode(clip)))
+    with pytest.raises(LumosError, match="init_from"):
+        train_tokenizer(tmp_path / "x", settings(decoder_only=True), TINY, progress=False)
+    assert main(["train-tokenizer", "--out", str(tmp_path / "y"), "--decoder-only"]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert main(["train-tokenizer", "--out", str(tmp_path / "base"), "--init-from",
+                 str(tmp_path / "base"), "--steps", "1"]) == 2  # fmt: skip
+    assert "also an input" in capsys.readouterr().err
+    assert main(["train-tokenizer", "--out", str(tmp_path / "z"), "--frames", "9,6"]) == 2
+    assert "1 + 4k" in capsys.readouterr().err and not (tmp_path / "z").exists()
+
+
 def test_evaluate_reports_metrics(tmp_path):
     torch.manual_seed(0)
     tok = CausalVideoTokenizer(TINY).eval()

@@ -12,6 +12,7 @@ import torch
 from lumos import validate
 from lumos.atomic import write_text
 from lumos.data.world import SPLITS
+from lumos.errors import LumosError
 from lumos.evaluation.tokenizer import evaluate_tokenizer
 from lumos.tokenizers import load_visual_tokenizer
 from lumos.tokenizers.causal_video import CausalVideoTokenizerConfig
@@ -28,6 +29,14 @@ def _int_list(text: str) -> list[int]:
     if not 1 <= len(values) <= 8 or not all(1 <= v <= 4096 for v in values):
         raise argparse.ArgumentTypeError(f"expected 1 to 8 integers in 1..4096, got {text!r}")
     return values
+
+
+def _frames_list(text: str) -> int | list[int]:
+    """``--frames``: one clip length, or several separated by commas (each step draws one)."""
+    values = _int_list(text)
+    if not all(v <= 257 for v in values):
+        raise argparse.ArgumentTypeError(f"clip lengths are 1..257 RGB frames, got {text!r}")
+    return values[0] if len(values) == 1 else values
 
 
 MAX_STEPS = 10**9
@@ -52,7 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=validate.int_arg(0, MAX_STEPS), default=d.warmup_steps)
     p.add_argument("--height", type=SIDE, default=d.height, help="clip height in pixels")
     p.add_argument("--width", type=SIDE, default=d.width, help="clip width in pixels")
-    p.add_argument("--frames", type=FRAMES, default=d.frames, help="RGB frames per video clip")
+    p.add_argument(
+        "--frames",
+        type=_frames_list,
+        default=d.frames,
+        help="RGB frames per video clip, 1 + 4k; several separated by commas (e.g. 9,25): each "
+        "video step draws one of them",
+    )
     p.add_argument(
         "--image-fraction",
         type=validate.float_arg(0, 1),
@@ -98,6 +113,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=c.temporal_compression,
         help="4 for video tokenizers, 1 for image-only ones",
     )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from this trained tokenizer directory (its config and weights; the "
+        "architecture options above are then ignored)",
+    )
+    p.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="with --init-from: train the decoder alone; the encoder and so every clip's codes "
+        "stay as they are (a transformer trained on them still fits)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--stop-after",
@@ -135,7 +162,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    validate.output_path(args.out, "dir", what="--out")
+    validate.output_path(args.out, "dir", [args.init_from], "--out")
+    if args.decoder_only and args.init_from is None and not args.resume:
+        raise LumosError("--decoder-only trains the decoder of a trained tokenizer; give --init-from DIR")
     torch.set_num_threads(args.threads)
     settings = TrainSettings(
         steps=args.steps,
@@ -150,6 +179,8 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
+        init_from=None if args.init_from is None else str(args.init_from),
+        decoder_only=args.decoder_only,
     )
     config = CausalVideoTokenizerConfig(
         levels=args.levels,

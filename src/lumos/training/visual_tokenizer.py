@@ -1,10 +1,15 @@
 """Training of :class:`~lumos.tokenizers.causal_video.CausalVideoTokenizer` on clips of the
 procedural world (:mod:`lumos.data.world`); its evaluation is :mod:`lumos.evaluation.tokenizer`.
 
-Training: each step is either a video batch (T RGB frames) or, with probability
-``image_fraction``, an image batch (T = 1, still scenes), optionally with random RGB channel
-permutations; the choice and the clips are pure functions of (seed, step), so resuming
-from a checkpoint continues exactly where the run stopped. Loss: L1 + MSE on RGB in [-1, 1]. AdamW, linear warm-up then cosine decay to 10 %.
+Training: each step is either a video batch (T RGB frames; with several clip lengths, one
+drawn per step) or, with probability ``image_fraction``, an image batch (T = 1, still scenes),
+optionally with random RGB channel permutations; the choice and the clips are pure functions of
+(seed, step), so resuming from a checkpoint continues exactly where the run stopped. Loss: L1 +
+MSE on RGB in [-1, 1]. AdamW, linear warm-up then cosine decay to 10 %.
+
+Fine-tuning: ``init_from`` starts from a trained tokenizer; ``decoder_only`` then freezes its
+encoder, so every clip keeps its codes and a transformer trained on them still fits, while the
+decoder learns to draw them better (e.g. on motion it was not trained on).
 
 Output directory layout::
 
@@ -57,12 +62,20 @@ class TrainSettings:
     grad_clip: float = 1.0  # max global gradient norm
     height: int = 64  # clip height, pixels
     width: int = 64  # clip width, pixels
-    frames: int = 9  # RGB frames per video clip, 1 + 4k
+    # RGB frames per video clip, 1 + 4k; a list: each video step draws one of these lengths (in
+    # the world, an object moves the same distance over a clip of any length: longer is slower)
+    frames: int | list[int] = 9
     image_fraction: float = 0.1  # probability that a step trains on still images (T = 1)
     color_augment_from: int = 0  # permute each clip's RGB channels at random from this step on
     seed: int = 0  # clips and augmentation
     checkpoint_every: int = 250  # steps between checkpoints (and at the end)
     log_every: int = 25  # steps between train_log.jsonl lines
+    init_from: str | None = None  # a tokenizer directory to start from (its config and weights)
+    decoder_only: bool = False  # train the decoder (and refiner) alone; needs init_from
+
+    def clip_lengths(self) -> list[int]:
+        """The video clip lengths (RGB frames) a step draws from."""
+        return [self.frames] if isinstance(self.frames, int) else list(self.frames)
 
 
 # ----------------------------------------------------------------------------- data
@@ -78,13 +91,17 @@ class ClipStream:
 
     def __init__(self, s: TrainSettings) -> None:
         self.s = s
-        self.videos = ProceduralWorld("train", s.height, s.width, s.frames, s.seed, 0.0)
+        self.videos = [
+            ProceduralWorld("train", s.height, s.width, t, s.seed, 0.0) for t in s.clip_lengths()
+        ]
         self.images = ProceduralWorld("train", s.height, s.width, 1, s.seed + 1, 1.0)
 
     def batch(self, step: int) -> torch.Tensor:
         s = self.s
         rng = np.random.default_rng([s.seed, step])
-        world = self.images if rng.random() < s.image_fraction else self.videos
+        world = self.images if rng.random() < s.image_fraction else self.videos[0]
+        if world is not self.images and len(self.videos) > 1:
+            world = self.videos[rng.integers(len(self.videos))]
         clips = [world[step * s.batch_size + i].frames for i in range(s.batch_size)]
         if step >= s.color_augment_from:
             clips = [c[..., rng.permutation(3)] for c in clips]
@@ -181,8 +198,10 @@ def train_tokenizer(
     """
     out = Path(out)
     s = settings
-    if s.frames < 1 or s.batch_size < 1 or s.steps < 1 or s.lr <= 0:
+    if min(s.clip_lengths()) < 1 or s.batch_size < 1 or s.steps < 1 or s.lr <= 0:
         raise LumosError("steps, batch size and frames must be >= 1 and lr > 0")
+    if s.decoder_only and s.init_from is None and not resume:
+        raise LumosError("decoder_only trains the decoder of a trained tokenizer; give init_from")
     start, seconds = 0, 0.0
     if resume:
         model, state = _load_checkpoint(out)
@@ -197,12 +216,17 @@ def train_tokenizer(
                 f"{out} already holds a training run; pass --resume to continue it or choose "
                 "another --out"
             )
-        model = CausalVideoTokenizer(config or CausalVideoTokenizerConfig())
+        if s.init_from is not None:
+            model = CausalVideoTokenizer.from_pretrained(s.init_from)
+        else:
+            model = CausalVideoTokenizer(config or CausalVideoTokenizerConfig())
     model.train()
-    model.latent_shape(s.frames, s.height, s.width)  # validates the clip size
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=s.weight_decay
-    )
+    for frames in s.clip_lengths():
+        model.latent_shape(frames, s.height, s.width)  # validates the clip size
+    if s.decoder_only:
+        model.encoder.requires_grad_(False)  # the codes of every clip stay as they are
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.99), weight_decay=s.weight_decay)
     if resume:
         opt.load_state_dict(state["optimizer"])
     out.mkdir(parents=True, exist_ok=True)
@@ -219,12 +243,17 @@ def train_tokenizer(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, s)
         video = data.batch(step)
-        recon = model(video)
+        if s.decoder_only:
+            with torch.no_grad():
+                codes = model.quantize(video)
+            recon = model.reconstruct(codes)
+        else:
+            recon = model(video)
         mse = F.mse_loss(recon, video)
         loss = F.l1_loss(recon, video) + mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
         opt.step()
         step_psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-12))  # RGB range [-1, 1] -> 2
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{step_psnr:.2f}")
