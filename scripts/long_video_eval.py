@@ -9,8 +9,9 @@ defines the answer (issue 14): persistence, motion through prompt schedules, and
   alternating directions (right/left/right/left or up/down/up/down), one held-in object; each
   segment's 9 frames (0-8, 8-16, ...) must show its direction, colour and shape.
 * ``continuation``: the first 9 frames of a held-out scene's 25-frame world clip continued by
-  16 frames; the new frames must keep the object's colour and shape. Beside it, the same scene's
-  9-frame clip continued (moving objects then leave the canvas at the clip's pace).
+  16 frames; the new frames must keep the object's colour and shape (and, reported beside, its
+  motion). Beside it, the same scene's 9-frame clip continued (moving objects then leave the
+  canvas at the clip's pace).
 
     python scripts/long_video_eval.py [--n 100] [--baseline-n N] [--threads 2]
         [--parts persistence schedule continuation] [--checkpoint DIR]
@@ -28,6 +29,7 @@ import torch
 from lumos.data.world import caption, parse_caption, render, sample_scene
 from lumos.evaluation.analyser import analyse, score
 from lumos.generation.pipeline import LumosPipeline
+from lumos.tokenizers.visual import frames_to_video
 
 WINDOWS = [(0, 9), (8, 17), (16, 25), (24, 33)]
 BASE = 7_000_000  # world seeds of these cases: apart from lumos eval's
@@ -84,22 +86,35 @@ def continuation(pipe, n: int) -> dict:
     clip, so the 16 new frames have a defined answer (colour and shape). The second figure
     continues the scene's 9-frame clip instead: a moving object has then travelled its whole
     path, and continued at that pace it leaves the canvas, where the world defines nothing
-    (an object that leaves counts as a failure there)."""
+    (an object that leaves counts as a failure there). The world clip's new frames must also
+    keep its direction of motion (or stillness): reported beside, as ``motion (world_clip)``.
+    ``tokenizer ceiling``: the whole world clip encoded and decoded, its frames 9-24 judged the
+    same way: what a transformer that generated the true codes would score."""
     kept = {"world_clip": 0, "trained_pace_clip": 0}
+    moved = ceiling = 0
     for i in range(n):
         seed = BASE + 20_000 + i
         scene = sample_scene(seed, "heldout", num_objects=1)
         prompt = caption(scene, seed)
         want = parse_caption(prompt)
+        world = render(scene, 64, 64, 25)
+        codes = pipe.visual_tokenizer.encode(frames_to_video(torch.as_tensor(world)[None]))
+        s = score(analyse(pipe.decode(codes)[0][9:]), want)
+        ceiling += s["color"] and s["shape"]
         for name, clip in (
-            ("world_clip", render(scene, 64, 64, 25)[:9]),
+            ("world_clip", world[:9]),
             ("trained_pace_clip", render(scene, 64, 64, 9)),
         ):
-            out = pipe(prompt, num_frames=21, video=clip,
+            start = pipe.continuation_start(len(clip))  # the clip's last frames it keeps
+            out = pipe(prompt, num_frames=start + 16, video=clip,
                        generator=torch.Generator().manual_seed(seed)).frames[0]  # fmt: skip
-            s = score(analyse(out[5:]), want)  # the history is the clip's last 5 frames
+            s = score(analyse(out[start:]), want)
             kept[name] += s["color"] and s["shape"]
-    return {f"color_and_shape_kept ({k})": v / n for k, v in kept.items()}
+            moved += name == "world_clip" and s["motion"]
+    return {f"color_and_shape_kept ({k})": v / n for k, v in kept.items()} | {
+        "motion (world_clip)": moved / n,
+        "color_and_shape_kept (tokenizer ceiling)": ceiling / n,
+    }
 
 
 def main() -> None:

@@ -105,11 +105,14 @@ def test_pipeline_continuation_and_schedule():
                 generator=torch.Generator().manual_seed(0)).frames[0]  # fmt: skip
     out = pipe("a red circle moves up", num_frames=17, video=clip, num_inference_steps=2,
                generator=torch.Generator().manual_seed(1))  # fmt: skip
+    start = pipe.continuation_start(len(clip))  # the last 1 + 4k frames that fit the window
+    assert start == 5 and pipe.continuation_start(len(clip), window=17) == 9
+    assert pipe.continuation_start(3) == 1 and pipe.continuation_start(8, window=33) == 5
     history = pipe.visual_tokenizer.encode(
-        torch.as_tensor(clip[-5:]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    )  # the last 1 + 4k frames that fit the window (9 - 4 = 5)
+        torch.as_tensor(clip[-start:]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    )
     assert out.frames.shape == (1, 17, 64, 64, 3)
-    assert torch.equal(out.codes[:, :2], history)
+    assert torch.equal(out.codes[:, : history.shape[1]], history)
     sched = pipe(["a red circle moves to the left", "a red circle moves to the right"],
                  num_frames=17, segment_frames=8, num_inference_steps=2,
                  generator=torch.Generator().manual_seed(2))  # fmt: skip

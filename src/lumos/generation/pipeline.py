@@ -735,11 +735,19 @@ class LumosPipeline:
         video = frames_to_video(x[:, None]).to(device=device, dtype=dtype)  # [B, 3, 1, H, W]
         return self.visual_tokenizer.encode(video)
 
+    def continuation_start(self, clip_frames: int, window: int | None = None) -> int:
+        """How many of a given clip's last RGB frames a continuation keeps as its start: the
+        most ``1 + tc*k`` that leave room in the window (``window`` RGB frames, default the
+        trained clip's) for one new latent frame. The output's first frames are these."""
+        tc = self.visual_tokenizer.temporal_compression
+        n = min(clip_frames, (self.defaults.num_frames if window is None else window) - tc)
+        return 1 + (n - 1) // tc * tc
+
     def encode_video(
         self, video: np.ndarray | torch.Tensor, batch: int, height: int, width: int, window: int
     ) -> torch.Tensor:
         """Codes [B, t, h, w] of the end of a clip (uint8 RGB [T, H, W, 3] at ``height`` x
-        ``width``) to continue from: its last ``1 + tc*k`` frames, at most ``window - tc``."""
+        ``width``) to continue from: its last :meth:`continuation_start` frames."""
         x = torch.as_tensor(np.array(video))
         if x.dim() != 4 or x.shape[-1] != 3 or x.shape[0] < 1:
             raise LumosError(f"video must be uint8 RGB [T, H, W, 3]; got shape {tuple(x.shape)}")
@@ -748,9 +756,7 @@ class LumosPipeline:
                 f"video is {x.shape[2]}x{x.shape[1]} pixels but the output is {width}x{height}; "
                 "resize it first (lumos.data.video_io.resize_crop)"
             )
-        tc = self.visual_tokenizer.temporal_compression
-        n = min(x.shape[0], window - tc)
-        n = 1 + (n - 1) // tc * tc
+        n = self.continuation_start(x.shape[0], window)
         device, dtype = self._tokenizer_placement()
         clip = frames_to_video(x[-n:][None]).to(device=device, dtype=dtype)  # [1, 3, n, H, W]
         return self.visual_tokenizer.encode(clip).expand(batch, -1, -1, -1)
