@@ -462,7 +462,10 @@ def run(args: argparse.Namespace) -> int:
     video = load_clip(args.video, width, height) if args.video else None
     sampling = sampling_kwargs(args, d, frames)
     steps = sampling["num_inference_steps"]
-    latent_frames = pipe.latent_shape(frames, height, width)[0] - (1 if image is not None else 0)
+    given = 1 if image is not None else 0  # latent frames that are not generated
+    if video is not None:
+        given = pipe.latent_shape(pipe.continuation_start(len(video), args.window), height, width)[0]
+    latent_frames = pipe.latent_shape(frames, height, width)[0] - given
     bar = tqdm(
         total=latent_frames * steps * len(prompts),
         desc="generating",

@@ -99,8 +99,11 @@ class ClipStream:
     def batch(self, step: int) -> torch.Tensor:
         s = self.s
         rng = np.random.default_rng([s.seed, step])
-        world = self.images if rng.random() < s.image_fraction else self.videos[0]
-        if world is not self.images and len(self.videos) > 1:
+        if rng.random() < s.image_fraction:
+            world = self.images
+        elif len(self.videos) == 1:  # no draw: runs with one length replay as they always did
+            world = self.videos[0]
+        else:
             world = self.videos[rng.integers(len(self.videos))]
         clips = [world[step * s.batch_size + i].frames for i in range(s.batch_size)]
         if step >= s.color_augment_from:
@@ -192,7 +195,8 @@ def train_tokenizer(
 
     On resume the model config and data settings come from the checkpoint, except
     ``settings.steps`` (the length of the learning-rate schedule, may be raised to train
-    further) and ``settings.color_augment_from``.
+    further) and ``settings.color_augment_from``. A new run starts from ``settings.init_from``
+    when given (``config`` is then ignored), else from a fresh ``config`` model.
     ``stop_after`` ends the run early after that many steps (with a checkpoint), without
     changing the schedule. Checkpoints every ``checkpoint_every`` steps and at the end.
     """
