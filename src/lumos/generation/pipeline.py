@@ -117,6 +117,10 @@ class PipelineDefaults:
             settings["guidance_scale"] = self.image_guidance_scale
         return settings
 
+    def window(self, window: int | None) -> int:
+        """RGB frames a request sees at once: ``window``, else the trained clip (``num_frames``)."""
+        return self.num_frames if window is None else window
+
     def check(self) -> None:
         """Types and ranges of every field."""
         for name in ("fps", "height", "width", "num_frames", "num_inference_steps"):
@@ -542,7 +546,7 @@ class LumosPipeline:
         if fps is not None:
             validate.integer("fps", fps, 1, 240)
         tc = self.visual_tokenizer.temporal_compression
-        window = d.num_frames if window is None else window
+        window = d.window(window)
         validate.integer("window", window, 1 + 2 * tc)
         if (window - 1) % tc:
             raise LumosError(
@@ -709,7 +713,7 @@ class LumosPipeline:
             self.model.config, self.visual_tokenizer, batch, s["num_frames"], s["height"],
             s["width"], prompt_tokens, s["num_inference_steps"], s["guidance_scale"],
             dtype or weight.dtype, device or ("cpu" if weight.is_meta else weight.device.type),
-            compile, self.defaults.num_frames if window is None else window, negative, stream,
+            compile, self.defaults.window(window), negative, stream,
         )  # fmt: skip
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -740,7 +744,7 @@ class LumosPipeline:
         most ``1 + tc*k`` that leave room in the window (``window`` RGB frames, default the
         trained clip's) for one new latent frame. The output's first frames are these."""
         tc = self.visual_tokenizer.temporal_compression
-        n = min(clip_frames, (self.defaults.num_frames if window is None else window) - tc)
+        n = min(clip_frames, self.defaults.window(window) - tc)
         return 1 + (n - 1) // tc * tc
 
     def encode_video(
